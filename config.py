@@ -1,0 +1,247 @@
+"""Typed configuration, read once from the environment (and `.env`) and validated as a whole.
+
+Every problem is collected into one `ConfigError` that names each offending variable; values are never
+echoed, so a mistyped secret cannot leak into a log line.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from functools import lru_cache
+from typing import Any, Literal
+from urllib.parse import urlparse
+
+from pydantic import Field, SecretStr, ValidationError, create_model, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ProviderName = Literal["local", "lemonslice", "anam"]
+PROVIDER_NAMES: tuple[ProviderName, ...] = ("local", "lemonslice", "anam")
+
+DEFAULT_LEMONSLICE_API_URL = "https://lemonslice.com/api/liveai/sessions"
+DEFAULT_ANAM_API_URL = "https://api.anam.ai"
+
+DEFAULT_INSTRUCTIONS = (
+    "You are a friendly voice assistant shown to the user as a video avatar. "
+    "Keep answers short and conversational, without lists, markdown, emojis or other symbols."
+)
+DEFAULT_GREETING = "Greet the user warmly in one short sentence and offer your help."
+
+
+class ConfigError(Exception):
+    """The configuration is unusable; `problems` names each variable and what is wrong with it."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__(
+            "invalid configuration:\n" + "\n".join(f"  - {problem}" for problem in problems)
+        )
+
+
+def _check_url(value: str | None, schemes: tuple[str, ...]) -> str | None:
+    if value is None:
+        return None
+    parsed = urlparse(value)
+    if parsed.scheme not in schemes or not parsed.netloc:
+        raise ValueError(f"must be a URL starting with {' or '.join(s + '://' for s in schemes)}")
+    return value
+
+
+class Settings(BaseSettings):
+    """All settings of the worker. Field names map to upper-case environment variables."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", hide_input_in_errors=True
+    )
+
+    # LiveKit (standard names, shared with the livekit CLI and SDKs)
+    livekit_url: str | None = None
+    livekit_api_key: SecretStr | None = None
+    livekit_api_secret: SecretStr | None = None
+
+    # Avatar selection and the avatar participant
+    avatar_provider: ProviderName | None = None
+    avatar_identity: str | None = Field(default=None, min_length=1, max_length=128)
+    avatar_token_ttl: float = Field(default=600.0, gt=0, le=6 * 3600)
+    avatar_join_timeout: float = Field(default=30.0, gt=0, le=600)
+    avatar_start_timeout: float = Field(default=30.0, gt=0, le=600)
+    avatar_request_timeout: float = Field(default=10.0, gt=0, le=120)
+    avatar_max_retries: int = Field(default=3, ge=0, le=10)
+    agent_name: str = "avatar-agent"
+
+    # LemonSlice
+    lemonslice_api_key: SecretStr | None = None
+    lemonslice_api_url: str = DEFAULT_LEMONSLICE_API_URL
+    lemonslice_agent_id: str | None = None
+    lemonslice_agent_image_url: str | None = None
+    lemonslice_agent_prompt: str | None = None
+    lemonslice_agent_idle_prompt: str | None = None
+    lemonslice_idle_timeout: int | None = None
+
+    # Anam
+    anam_api_key: SecretStr | None = None
+    anam_api_url: str = DEFAULT_ANAM_API_URL
+    anam_avatar_id: str | None = None
+    anam_persona_name: str = "Assistant"
+    anam_avatar_model: str | None = None
+
+    # Voice pipeline (LiveKit Inference model strings)
+    stt_model: str = "deepgram/nova-3"
+    stt_language: str = "multi"
+    llm_model: str = "openai/gpt-4.1-mini"
+    tts_model: str = "cartesia/sonic-3"
+    tts_voice: str = "9626c31c-bec5-4cca-baa8-f8ba9e84c8bc"
+    agent_instructions: str = DEFAULT_INSTRUCTIONS
+    agent_greeting: str = DEFAULT_GREETING
+    # LiveKit Inference needs LiveKit Cloud; "auto" uses it when LIVEKIT_URL is a LiveKit Cloud URL.
+    voice_mode: Literal["auto", "cloud", "offline"] = "auto"
+
+    @field_validator("livekit_url")
+    @classmethod
+    def _livekit_url(cls, value: str | None) -> str | None:
+        return _check_url(value, ("ws", "wss", "http", "https"))
+
+    @field_validator("lemonslice_api_url", "anam_api_url")
+    @classmethod
+    def _api_url(cls, value: str) -> str:
+        checked = _check_url(value, ("http", "https"))
+        assert checked is not None
+        return checked
+
+    @field_validator("lemonslice_agent_image_url")
+    @classmethod
+    def _image_url(cls, value: str | None) -> str | None:
+        return _check_url(value, ("http", "https"))
+
+    @field_validator(
+        "lemonslice_agent_id",
+        "lemonslice_agent_image_url",
+        "lemonslice_agent_prompt",
+        "lemonslice_agent_idle_prompt",
+        "anam_avatar_id",
+        "anam_avatar_model",
+        "avatar_identity",
+        "avatar_provider",
+        "livekit_url",
+        mode="before",
+    )
+    @classmethod
+    def _blank_is_unset(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @field_validator(
+        "livekit_api_key", "livekit_api_secret", "lemonslice_api_key", "anam_api_key", mode="before"
+    )
+    @classmethod
+    def _blank_secret_is_unset(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @property
+    def provider(self) -> ProviderName:
+        """The provider in use; only meaningful on settings that passed `validate_settings`."""
+        return _resolve_provider(self)[0] or "local"
+
+    @property
+    def token_ttl(self) -> timedelta:
+        return timedelta(seconds=self.avatar_token_ttl)
+
+
+def _resolve_provider(settings: Settings) -> tuple[ProviderName | None, str | None]:
+    if settings.avatar_provider is not None:
+        return settings.avatar_provider, None
+    keyed: list[ProviderName] = []
+    if settings.lemonslice_api_key is not None:
+        keyed.append("lemonslice")
+    if settings.anam_api_key is not None:
+        keyed.append("anam")
+    if not keyed:
+        return "local", None
+    if len(keyed) > 1:
+        return None, (
+            "AVATAR_PROVIDER: not set, and both LEMONSLICE_API_KEY and ANAM_API_KEY are set; "
+            "set AVATAR_PROVIDER to lemonslice or anam"
+        )
+    return keyed[0], None
+
+
+def _cross_field_problems(settings: Settings) -> list[str]:
+    problems: list[str] = []
+    for name in ("livekit_url", "livekit_api_key", "livekit_api_secret"):
+        if getattr(settings, name) is None:
+            problems.append(f"{name.upper()}: missing (needed to mint the avatar's token)")
+
+    provider, ambiguity = _resolve_provider(settings)
+    if ambiguity:
+        problems.append(ambiguity)
+    if provider == "lemonslice":
+        if settings.lemonslice_api_key is None:
+            problems.append("LEMONSLICE_API_KEY: missing (AVATAR_PROVIDER is lemonslice)")
+        has_id = settings.lemonslice_agent_id is not None
+        has_image = settings.lemonslice_agent_image_url is not None
+        if has_id and has_image:
+            problems.append(
+                "LEMONSLICE_AGENT_ID and LEMONSLICE_AGENT_IMAGE_URL: both set; set exactly one"
+            )
+        elif not has_id and not has_image:
+            problems.append(
+                "LEMONSLICE_AGENT_ID or LEMONSLICE_AGENT_IMAGE_URL: neither set; set exactly one"
+            )
+    elif provider == "anam":
+        if settings.anam_api_key is None:
+            problems.append("ANAM_API_KEY: missing (AVATAR_PROVIDER is anam)")
+        if settings.anam_avatar_id is None:
+            problems.append("ANAM_AVATAR_ID: missing (AVATAR_PROVIDER is anam)")
+    return problems
+
+
+def _describe(error: dict[str, Any]) -> str:
+    location = ".".join(str(part) for part in error.get("loc", ())) or "configuration"
+    message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+    return f"{location.upper()}: {message}"
+
+
+def _read_environment(overrides: dict[str, Any]) -> dict[str, Any]:
+    """The raw values from the environment and `.env`, untyped, so reading itself never fails."""
+    raw_model = create_model(  # type: ignore[call-overload]
+        "RawEnvironment",
+        __base__=BaseSettings,
+        __config__=None,
+        **{name: (Any, None) for name in Settings.model_fields},
+    )
+    raw_model.model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+    values: dict[str, Any] = raw_model(**overrides).model_dump(exclude_none=True)
+    return values
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read and validate the settings; raises `ConfigError` naming every problem at once."""
+    raw = _read_environment(overrides)
+    try:
+        settings = Settings.model_validate(raw)
+    except ValidationError as error:
+        issues = error.errors(include_input=False)
+        problems = [_describe(dict(issue)) for issue in issues]
+        invalid = {str(issue["loc"][0]) for issue in issues if issue["loc"]}
+        # Cross-field checks still run on the fields that did parse, so one message names everything.
+        partial = Settings.model_validate({k: v for k, v in raw.items() if k not in invalid})
+        problems += [p for p in _cross_field_problems(partial) if not _names_any(p, invalid)]
+        raise ConfigError(problems) from None
+    problems = _cross_field_problems(settings)
+    if problems:
+        raise ConfigError(problems)
+    return settings
+
+
+def _names_any(problem: str, fields: set[str]) -> bool:
+    return any(problem.startswith(field.upper()) for field in fields)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, validated on first use."""
+    return load_settings()

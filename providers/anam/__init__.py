@@ -1,0 +1,1 @@
+"""Anam: a wire client (api) and the avatar session built on it (avatar)."""

@@ -1,0 +1,116 @@
+"""Anam's two-step session flow (session token with the API key, then the engine session with that token),
+as the livekit-plugins-anam client spoke it, sent through the shared retry policy."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urljoin
+
+from ..http import ProviderHttp
+
+PROVIDER = "anam"
+DEFAULT_API_URL = "https://api.anam.ai"
+LLM_ID = "CUSTOMER_CLIENT_V1"  # the avatar only speaks; our agent is the brain
+# 429s that waiting does not lift (the SDK's own wording).
+HARD_LIMIT_MARKERS = ("concurrent session limit", "spend cap", "usage limit")
+
+
+@dataclass(frozen=True)
+class PersonaConfig:
+    name: str
+    avatar_id: str
+    avatar_model: str | None = None
+
+
+@dataclass(frozen=True)
+class EngineSession:
+    session_id: str
+    engine_host: str | None
+    details: dict[str, Any]
+
+
+def read_error_text(body: Any) -> str | None:
+    if not isinstance(body, dict):
+        return None
+    parts = [body.get("error"), body.get("message")]
+    text = ": ".join(part for part in parts if isinstance(part, str) and part)
+    return text or None
+
+
+def is_hard_limit(text: str | None) -> bool:
+    return text is not None and any(marker in text.lower() for marker in HARD_LIMIT_MARKERS)
+
+
+class AnamAPI:
+    def __init__(self, http: ProviderHttp, *, api_key: str, api_url: str = DEFAULT_API_URL) -> None:
+        self._http = http
+        self._api_key = api_key
+        self._base_url = api_url.rstrip("/") + "/"
+
+    def __repr__(self) -> str:
+        return f"AnamAPI(api_url={self._base_url!r})"
+
+    def _url(self, path: str) -> str:
+        return urljoin(self._base_url, path.lstrip("/"))
+
+    def session_token_payload(
+        self, persona: PersonaConfig, *, livekit_url: str, livekit_token: str
+    ) -> dict[str, Any]:
+        persona_config: dict[str, Any] = {
+            "type": "ephemeral",
+            "name": persona.name,
+            "avatarId": persona.avatar_id,
+            "llmId": LLM_ID,
+        }
+        if persona.avatar_model is not None:
+            persona_config["avatarModel"] = persona.avatar_model
+        return {
+            "personaConfig": persona_config,
+            "environment": {"livekitUrl": livekit_url, "livekitToken": livekit_token},
+        }
+
+    async def create_session_token(
+        self,
+        persona: PersonaConfig,
+        *,
+        livekit_url: str,
+        livekit_token: str,
+        deadline: float | None = None,
+    ) -> str:
+        reply = await self._http.post_json(
+            self._url("/v1/auth/session-token"),
+            self.session_token_payload(
+                persona, livekit_url=livekit_url, livekit_token=livekit_token
+            ),
+            headers={
+                "Authorization": f"Bearer {self._api_key}",
+                "Content-Type": "application/json",
+            },
+            operation="create session token",
+            required="sessionToken",
+            deadline=deadline,
+        )
+        return str(reply["sessionToken"])
+
+    async def start_engine_session(
+        self, session_token: str, *, deadline: float | None = None
+    ) -> EngineSession:
+        reply = await self._http.post_json(
+            self._url("/v1/engine/session"),
+            {},
+            headers={
+                "Authorization": f"Bearer {session_token}",
+                "Content-Type": "application/json",
+            },
+            operation="start engine session",
+            creates_session=True,
+            required="sessionId",
+            deadline=deadline,
+        )
+        engine_host = reply.get("engineHost")
+        return EngineSession(
+            session_id=str(reply["sessionId"]),
+            engine_host=engine_host if isinstance(engine_host, str) else None,
+            details=reply,
+        )

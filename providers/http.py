@@ -1,0 +1,323 @@
+"""One JSON-over-HTTP call with the shared retry policy, typed errors and orphan accounting.
+
+Every provider client sends its requests through `ProviderHttp.post_json` / `get_json`; no provider has a
+retry loop of its own. The aiohttp session is passed in (in a job: livekit-agents' pooled per-process session).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from .errors import (
+    AuthenticationError,
+    BadRequestError,
+    PaymentRequiredError,
+    PermissionDeniedError,
+    ProviderConnectionError,
+    ProviderProtocolError,
+    ProviderStatusError,
+    ProviderTimeoutError,
+    ProviderUnavailableError,
+    QuotaExceededError,
+    RateLimitedError,
+)
+from .retry import RETRYABLE_STATUSES, RetryPolicy, parse_retry_after
+
+logger = logging.getLogger("avatar.providers.http")
+
+REQUEST_ID_HEADERS = ("x-request-id", "request-id", "x-amzn-requestid", "cf-ray")
+
+# Reads the provider's human-readable error text out of an error body.
+ErrorTextReader = Callable[[Any], str | None]
+# Says whether a 429 is a hard limit (concurrency, spend cap) that waiting will not lift.
+QuotaDetector = Callable[[str | None], bool]
+
+
+@dataclass(frozen=True)
+class PossibleOrphan:
+    """A create call that may have started a provider session we hold no id for."""
+
+    provider: str
+    operation: str
+    attempt: int
+    reason: str
+
+
+@dataclass
+class ProviderHttp:
+    session: aiohttp.ClientSession
+    provider: str
+    policy: RetryPolicy = field(default_factory=RetryPolicy)
+    read_error_text: ErrorTextReader = lambda body: None
+    is_quota_exceeded: QuotaDetector = lambda text: False
+    rng: random.Random = field(default_factory=random.Random)
+    possible_orphans: list[PossibleOrphan] = field(default_factory=list)
+
+    async def post_json(
+        self,
+        url: str,
+        payload: Mapping[str, Any],
+        *,
+        headers: Mapping[str, str],
+        operation: str,
+        creates_session: bool = False,
+        required: str | None = None,
+        deadline: float | None = None,
+    ) -> dict[str, Any]:
+        """POST `payload` as JSON, retrying per the policy; returns the decoded JSON object.
+
+        `required` names a field the reply must carry as a non-empty string (else a protocol error).
+
+        `creates_session` marks a non-idempotent create: a failure after the body may have reached
+        the provider is recorded in `possible_orphans` and logged before any retry.
+        `deadline` (loop time) caps the call further, e.g. by the avatar start's own deadline.
+        """
+        return await self._call(
+            "POST",
+            url,
+            payload,
+            headers,
+            operation,
+            creates_session=creates_session,
+            required=required,
+            deadline=deadline,
+        )
+
+    async def get_json(
+        self, url: str, *, headers: Mapping[str, str], operation: str, deadline: float | None = None
+    ) -> dict[str, Any]:
+        return await self._call(
+            "GET",
+            url,
+            None,
+            headers,
+            operation,
+            creates_session=False,
+            required=None,
+            deadline=deadline,
+        )
+
+    async def _call(
+        self,
+        method: str,
+        url: str,
+        payload: Mapping[str, Any] | None,
+        headers: Mapping[str, str],
+        operation: str,
+        *,
+        creates_session: bool,
+        required: str | None,
+        deadline: float | None,
+    ) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        call_deadline = loop.time() + self.policy.call_deadline
+        if deadline is not None:
+            call_deadline = min(call_deadline, deadline)
+
+        for attempt in range(1, self.policy.max_attempts + 1):
+            remaining = call_deadline - loop.time()
+            if remaining <= 0:
+                raise self._deadline_error(operation, attempt - 1)
+            try:
+                return await self._attempt(
+                    method,
+                    url,
+                    payload,
+                    headers,
+                    operation,
+                    required,
+                    min(self.policy.attempt_timeout, remaining),
+                )
+            except (
+                ProviderStatusError,
+                ProviderProtocolError,
+                ProviderConnectionError,
+                ProviderTimeoutError,
+            ) as error:
+                if creates_session and error.may_have_reached:
+                    self._record_orphan(operation, attempt, error)
+                if not error.retryable or attempt == self.policy.max_attempts:
+                    raise
+                delay = self._retry_delay(error, attempt - 1)
+                if loop.time() + delay >= call_deadline:
+                    if isinstance(error, ProviderStatusError):
+                        raise  # the provider's own answer says more than "out of time"
+                    raise self._deadline_error(operation, attempt) from error
+                logger.warning(
+                    "%s %s failed (attempt %d of %d: %s); retrying in %.2fs",
+                    self.provider,
+                    operation,
+                    attempt,
+                    self.policy.max_attempts,
+                    _summary(error),
+                    delay,
+                    extra={"provider": self.provider, "operation": operation, "attempt": attempt},
+                )
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable: the loop returns or raises")
+
+    async def _attempt(
+        self,
+        method: str,
+        url: str,
+        payload: Mapping[str, Any] | None,
+        headers: Mapping[str, str],
+        operation: str,
+        required: str | None,
+        attempt_timeout: float,
+    ) -> dict[str, Any]:
+        sent = False
+        try:
+            async with self.session.request(
+                method,
+                url,
+                json=payload,
+                headers=dict(headers),
+                timeout=aiohttp.ClientTimeout(total=attempt_timeout),
+                allow_redirects=False,
+            ) as response:
+                sent = True
+                raw = await response.read()
+                request_id = _request_id(response.headers)
+                if not 200 <= response.status < 300:
+                    raise self._status_error(operation, response, raw, request_id)
+                return self._decode(operation, response.status, raw, request_id, required)
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as error:
+            raise ProviderConnectionError(
+                f"{self.provider} {operation}: could not connect ({type(error).__name__})",
+                provider=self.provider,
+            ) from None
+        except (TimeoutError, aiohttp.ServerTimeoutError):
+            timeout_error = ProviderTimeoutError(
+                f"{self.provider} {operation}: no reply within {attempt_timeout:.3g}s",
+                provider=self.provider,
+            )
+            timeout_error.may_have_reached = True
+            raise timeout_error from None
+        except aiohttp.ClientError as error:
+            connection_error = ProviderConnectionError(
+                f"{self.provider} {operation}: connection failed "
+                f"{'after sending' if sent else 'while sending'} ({type(error).__name__})",
+                provider=self.provider,
+            )
+            connection_error.may_have_reached = True
+            raise connection_error from None
+
+    def _decode(
+        self, operation: str, status: int, raw: bytes, request_id: str | None, required: str | None
+    ) -> dict[str, Any]:
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            body = None
+        problem = None
+        if not isinstance(body, dict):
+            problem = "is not a JSON object"
+        elif required is not None:
+            value = body.get(required)
+            if not isinstance(value, str) or not value.strip():
+                problem = (
+                    f"has no {required}" if value is None else f"has an empty or invalid {required}"
+                )
+        if problem is not None:
+            error = ProviderProtocolError(
+                f"{self.provider} {operation}: reply {status} {problem}",
+                provider=self.provider,
+                status_code=status,
+                request_id=request_id,
+            )
+            error.may_have_reached = True
+            raise error
+        assert isinstance(body, dict)
+        return body
+
+    def _status_error(
+        self,
+        operation: str,
+        response: aiohttp.ClientResponse,
+        raw: bytes,
+        request_id: str | None,
+    ) -> ProviderStatusError:
+        status = response.status
+        try:
+            body: Any = json.loads(raw) if raw else None
+        except ValueError:
+            body = None
+        text = self.read_error_text(body) if body is not None else None
+        if text is None and raw and body is None:
+            text = raw[:200].decode("utf-8", "replace")
+        retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        message = f"{self.provider} {operation} failed: {status}" + (f" {text}" if text else "")
+        common: dict[str, Any] = {
+            "provider": self.provider,
+            "status_code": status,
+            "provider_message": text,
+            "request_id": request_id,
+        }
+        error: ProviderStatusError
+        if status == 401:
+            error = AuthenticationError(message, **common)
+        elif status == 402:
+            error = PaymentRequiredError(message, **common)
+        elif status == 403:
+            error = PermissionDeniedError(message, **common)
+        elif status == 429 and self.is_quota_exceeded(text):
+            error = QuotaExceededError(message, retryable=False, **common)
+        elif status in (408, 429):
+            error = RateLimitedError(message, retry_after=retry_after, **common)
+        elif status >= 500:
+            error = ProviderUnavailableError(
+                message, retry_after=retry_after, retryable=status in RETRYABLE_STATUSES, **common
+            )
+        else:
+            error = BadRequestError(message, **common)
+        # An error status means the provider refused the request: nothing was created.
+        return error
+
+    def _retry_delay(self, error: Exception, retry_index: int) -> float:
+        retry_after = getattr(error, "retry_after", None)
+        if retry_after is not None:
+            return min(float(retry_after), self.policy.max_retry_after)
+        return self.policy.backoff(retry_index, self.rng)
+
+    def _deadline_error(self, operation: str, attempts: int) -> ProviderTimeoutError:
+        return ProviderTimeoutError(
+            f"{self.provider} {operation}: no usable reply within the {self.policy.call_deadline:g}s "
+            f"call deadline after {attempts} attempt(s)",
+            provider=self.provider,
+            retryable=False,
+        )
+
+    def _record_orphan(self, operation: str, attempt: int, error: Exception) -> None:
+        orphan = PossibleOrphan(self.provider, operation, attempt, _summary(error))
+        self.possible_orphans.append(orphan)
+        logger.warning(
+            "%s %s may have reached the provider before failing (attempt %d: %s): a session may "
+            "have been started that we cannot end; counted as a possible orphan",
+            self.provider,
+            operation,
+            attempt,
+            orphan.reason,
+            extra={"provider": self.provider, "operation": operation, "possible_orphan": True},
+        )
+
+
+def _request_id(headers: Mapping[str, str]) -> str | None:
+    for name in REQUEST_ID_HEADERS:
+        if value := headers.get(name):
+            return value
+    return None
+
+
+def _summary(error: Exception) -> str:
+    status = getattr(error, "status_code", None)
+    name = type(error).__name__
+    return f"{name} {status}" if isinstance(status, int) and status > 0 else name

@@ -1,0 +1,129 @@
+"""LemonSlice's avatar-session API, as the livekit-plugins-lemonslice client spoke it, sent through the
+shared retry policy. See shared/seeds (the wire contract) and the notes on its weaknesses."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import ProviderProtocolError
+from ..http import ProviderHttp
+
+PROVIDER = "lemonslice"
+DEFAULT_API_URL = "https://lemonslice.com/api/liveai/sessions"
+
+
+@dataclass(frozen=True)
+class LemonSliceAgent:
+    """Which avatar to show: exactly one of agent_id / agent_image_url."""
+
+    agent_id: str | None = None
+    agent_image_url: str | None = None
+    agent_prompt: str | None = None
+    agent_idle_prompt: str | None = None
+    idle_timeout: int | None = None
+    extra_payload: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if (self.agent_id is None) == (self.agent_image_url is None):
+            raise ValueError("set exactly one of agent_id or agent_image_url")
+
+
+def read_error_text(body: Any) -> str | None:
+    if isinstance(body, dict) and isinstance(body.get("detail"), str):
+        return str(body["detail"])
+    return None
+
+
+class LemonSliceAPI:
+    def __init__(self, http: ProviderHttp, *, api_key: str, api_url: str = DEFAULT_API_URL) -> None:
+        self._http = http
+        self._api_key = api_key
+        self._sessions_url = api_url.rstrip("/")
+
+    def __repr__(self) -> str:
+        return f"LemonSliceAPI(api_url={self._sessions_url!r})"
+
+    @property
+    def _headers(self) -> dict[str, str]:
+        return {"Content-Type": "application/json", "X-API-Key": self._api_key}
+
+    def session_payload(
+        self,
+        agent: LemonSliceAgent,
+        *,
+        livekit_url: str,
+        livekit_token: str,
+        livekit_session_id: str | None = None,
+    ) -> dict[str, Any]:
+        properties: dict[str, Any] = {"livekit_url": livekit_url, "livekit_token": livekit_token}
+        if livekit_session_id:
+            properties["livekit_session_id"] = livekit_session_id
+        payload: dict[str, Any] = {"transport_type": "livekit", "properties": properties}
+        optional = {
+            "agent_id": agent.agent_id,
+            "agent_image_url": agent.agent_image_url,
+            "agent_prompt": agent.agent_prompt,
+            "agent_idle_prompt": agent.agent_idle_prompt,
+            "idle_timeout": agent.idle_timeout,
+        }
+        payload.update({key: value for key, value in optional.items() if value is not None})
+        payload.update(agent.extra_payload)
+        return payload
+
+    async def start_agent_session(
+        self,
+        agent: LemonSliceAgent,
+        *,
+        livekit_url: str,
+        livekit_token: str,
+        livekit_session_id: str | None = None,
+        deadline: float | None = None,
+    ) -> str:
+        """Create the avatar session; returns LemonSlice's session_id."""
+        payload = self.session_payload(
+            agent,
+            livekit_url=livekit_url,
+            livekit_token=livekit_token,
+            livekit_session_id=livekit_session_id,
+        )
+        reply = await self._http.post_json(
+            self._sessions_url,
+            payload,
+            headers=self._headers,
+            operation="create session",
+            creates_session=True,
+            required="session_id",
+            deadline=deadline,
+        )
+        return str(reply["session_id"])
+
+    async def terminate(self, session_id: str, *, deadline: float | None = None) -> None:
+        """End the session at once; LemonSlice removes its avatar from the room."""
+        reply = await self._http.post_json(
+            f"{self._sessions_url}/{session_id}/control",
+            {"event": "terminate"},
+            headers=self._headers,
+            operation="terminate session",
+            deadline=deadline,
+        )
+        if reply.get("success") is not True:
+            raise ProviderProtocolError(
+                "lemonslice terminate session: the reply does not say success",
+                provider=PROVIDER,
+                status_code=200,
+            )
+
+    async def session_status(self, session_id: str) -> str:
+        reply = await self._http.get_json(
+            f"{self._sessions_url}/{session_id}", headers=self._headers, operation="session status"
+        )
+        status = reply.get("session_status")
+        if not isinstance(status, str):
+            raise ProviderProtocolError(
+                "lemonslice session status: the reply has no session_status",
+                provider=PROVIDER,
+                status_code=200,
+            )
+        return status

@@ -1,0 +1,42 @@
+"""The LemonSlice avatar in a LiveKit room: start through the API, end it with terminate."""
+
+from __future__ import annotations
+
+import asyncio
+
+from ..session import AvatarOptions, LiveKitCredentials, ProviderAvatarSession, ProviderStartRequest
+from .api import PROVIDER, LemonSliceAgent, LemonSliceAPI
+
+DEFAULT_IDENTITY = "lemonslice-avatar-agent"
+# The wire contract we follow sends no audio_sample_rate; LemonSlice then expects 16 kHz speech.
+SAMPLE_RATE = 16000
+
+
+class LemonSliceAvatarSession(ProviderAvatarSession):
+    provider_name = PROVIDER
+    sample_rate = SAMPLE_RATE
+
+    def __init__(
+        self,
+        *,
+        api: LemonSliceAPI,
+        agent: LemonSliceAgent,
+        livekit: LiveKitCredentials,
+        options: AvatarOptions,
+    ) -> None:
+        super().__init__(livekit=livekit, options=options)
+        self._api = api
+        self._agent = agent
+
+    async def _start_provider(self, request: ProviderStartRequest) -> str:
+        return await self._api.start_agent_session(
+            self._agent,
+            livekit_url=request.livekit_url,
+            livekit_token=request.livekit_token,
+            livekit_session_id=request.room_sid,
+            deadline=request.deadline,
+        )
+
+    async def _stop_provider(self, session_id: str) -> None:
+        loop = asyncio.get_running_loop()
+        await self._api.terminate(session_id, deadline=loop.time() + self.options.stop_timeout)

@@ -1,0 +1,75 @@
+"""The retry policy shared by every provider client: which failures to retry and how long to wait."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+
+from livekit.agents import APIConnectOptions
+
+# 408 and 429 may pass; 5xx are the provider's own trouble. Everything else in 4xx is final.
+RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Attempts, backoff and deadlines for one provider call.
+
+    The n-th retry (n = 0, 1, ...) waits a random time in [cap/2, cap], cap = min(max_delay, base_delay * 2**n)
+    ("equal jitter": spread out, yet never a near-zero hammer), unless the provider sent Retry-After, which wins.
+    """
+
+    max_retries: int = 3
+    base_delay: float = 0.5
+    max_delay: float = 8.0
+    attempt_timeout: float = 10.0
+    call_deadline: float = 30.0
+    max_retry_after: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.max_retries < 0:
+            raise ValueError("max_retries must be >= 0")
+        if min(self.base_delay, self.max_delay) < 0:
+            raise ValueError("delays must be >= 0")
+        if self.attempt_timeout <= 0 or self.call_deadline <= 0:
+            raise ValueError("attempt_timeout and call_deadline must be > 0")
+
+    @classmethod
+    def from_connect_options(
+        cls, options: APIConnectOptions, *, call_deadline: float, max_delay: float = 8.0
+    ) -> RetryPolicy:
+        return cls(
+            max_retries=options.max_retry,
+            base_delay=options.retry_interval,
+            max_delay=max_delay,
+            attempt_timeout=options.timeout,
+            call_deadline=call_deadline,
+        )
+
+    @property
+    def max_attempts(self) -> int:
+        return self.max_retries + 1
+
+    def backoff(self, retry_index: int, rng: random.Random | None = None) -> float:
+        cap = min(self.max_delay, self.base_delay * (2**retry_index))
+        return (rng or random).uniform(cap / 2, cap)
+
+
+def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date); None if absent or unreadable."""
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())

@@ -1,0 +1,86 @@
+"""The agent's voice: LiveKit Inference in the cloud, or an offline voice that still greets the user.
+
+LiveKit Inference (STT/LLM/TTS model strings) needs LiveKit Cloud. Against a self-hosted or local server the
+agent would otherwise join and stay silent; the offline voice speaks the greeting with eSpeak NG and tells
+the user what to configure.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+from urllib.parse import urlparse
+
+from livekit.agents import Agent, AgentSession, inference
+
+from config import Settings
+
+from .espeak_tts import EspeakTTS
+
+OFFLINE_GREETING = (
+    "Hello! I am your avatar assistant. I am running without LiveKit Cloud, so I can speak but "
+    "not yet listen. For a full conversation, set LIVEKIT_URL, LIVEKIT_API_KEY and "
+    "LIVEKIT_API_SECRET to your LiveKit Cloud project and restart me."
+)
+
+
+class VoicePipeline(Protocol):
+    """What a job needs from the voice: the session, the agent, and how to open the conversation."""
+
+    @property
+    def mode(self) -> Literal["cloud", "offline"]: ...
+
+    def create_session(self) -> AgentSession[Any]: ...
+
+    def create_agent(self) -> Agent: ...
+
+    async def greet(self, session: AgentSession[Any]) -> None: ...
+
+
+def uses_livekit_cloud(livekit_url: str | None) -> bool:
+    host = urlparse(livekit_url or "").hostname or ""
+    return host == "livekit.cloud" or host.endswith(".livekit.cloud")
+
+
+@dataclass(frozen=True)
+class CloudVoice:
+    settings: Settings
+    mode: Literal["cloud", "offline"] = "cloud"
+
+    def create_session(self) -> AgentSession[Any]:
+        return AgentSession(
+            stt=inference.STT(model=self.settings.stt_model, language=self.settings.stt_language),
+            llm=inference.LLM(model=self.settings.llm_model),
+            tts=inference.TTS(model=self.settings.tts_model, voice=self.settings.tts_voice),
+            # An avatar cannot pause its playback, so a false interruption cannot be resumed.
+            turn_handling={"interruption": {"resume_false_interruption": False}},
+        )
+
+    def create_agent(self) -> Agent:
+        return Agent(instructions=self.settings.agent_instructions)
+
+    async def greet(self, session: AgentSession[Any]) -> None:
+        await session.generate_reply(instructions=self.settings.agent_greeting)
+
+
+@dataclass(frozen=True)
+class OfflineVoice:
+    greeting: str = OFFLINE_GREETING
+    mode: Literal["cloud", "offline"] = "offline"
+
+    def create_session(self) -> AgentSession[Any]:
+        # Nothing to listen with: no STT or LLM, and no VAD to run for nothing.
+        return AgentSession(tts=EspeakTTS(), vad=None)
+
+    def create_agent(self) -> Agent:
+        return Agent(instructions="You only speak the messages you are given.")
+
+    async def greet(self, session: AgentSession[Any]) -> None:
+        await session.say(self.greeting, allow_interruptions=False)
+
+
+def build_voice(settings: Settings) -> VoicePipeline:
+    mode = settings.voice_mode
+    if mode == "auto":
+        mode = "cloud" if uses_livekit_cloud(settings.livekit_url) else "offline"
+    return CloudVoice(settings) if mode == "cloud" else OfflineVoice()
