@@ -63,6 +63,7 @@ async def entrypoint(ctx: JobContext) -> None:
 def create_server(settings: Settings) -> AgentServer:
     server = AgentServer(
         ws_url=settings.livekit_url,
+        port=settings.agent_http_port,
         api_key=settings.livekit_api_key.get_secret_value() if settings.livekit_api_key else None,
         api_secret=(
             settings.livekit_api_secret.get_secret_value() if settings.livekit_api_secret else None

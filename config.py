@@ -11,7 +11,15 @@ from functools import lru_cache
 from typing import Any, Literal
 from urllib.parse import urlparse
 
-from pydantic import Field, SecretStr, ValidationError, create_model, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    create_model,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ProviderName = Literal["local", "lemonslice", "anam"]
@@ -46,12 +54,14 @@ def _check_url(value: str | None, schemes: tuple[str, ...]) -> str | None:
     return value
 
 
-class Settings(BaseSettings):
-    """All settings of the worker. Field names map to upper-case environment variables."""
+class Settings(BaseModel):
+    """All settings of the worker. Field names map to upper-case environment variables.
 
-    model_config = SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", extra="ignore", hide_input_in_errors=True
-    )
+    Reading (environment and `.env`, by pydantic-settings) is kept apart from validation, so a bad
+    value cannot stop the other checks from running: see `load_settings`.
+    """
+
+    model_config = ConfigDict(extra="ignore", hide_input_in_errors=True)
 
     # LiveKit (standard names, shared with the livekit CLI and SDKs)
     livekit_url: str | None = None
@@ -67,6 +77,8 @@ class Settings(BaseSettings):
     avatar_request_timeout: float = Field(default=10.0, gt=0, le=120)
     avatar_max_retries: int = Field(default=3, ge=0, le=10)
     agent_name: str = "avatar-agent"
+    # The worker's health/HTTP port in `start` mode (0 = any free port).
+    agent_http_port: int = Field(default=8081, ge=0, le=65535)
 
     # LemonSlice
     lemonslice_api_key: SecretStr | None = None
@@ -203,18 +215,21 @@ def _describe(error: dict[str, Any]) -> str:
     return f"{location.upper()}: {message}"
 
 
+class _Environment(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+
+# The same names as Settings, untyped: reading the environment never fails, validation comes after.
+_RawEnvironment = create_model(  # type: ignore[call-overload]
+    "_RawEnvironment",
+    __base__=_Environment,
+    **{name: (Any, None) for name in Settings.model_fields},
+)
+
+
 def _read_environment(overrides: dict[str, Any]) -> dict[str, Any]:
-    """The raw values from the environment and `.env`, untyped, so reading itself never fails."""
-    raw_model = create_model(  # type: ignore[call-overload]
-        "RawEnvironment",
-        __base__=BaseSettings,
-        __config__=None,
-        **{name: (Any, None) for name in Settings.model_fields},
-    )
-    raw_model.model_config = SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", extra="ignore"
-    )
-    values: dict[str, Any] = raw_model(**overrides).model_dump(exclude_none=True)
+    """The raw values from the environment and `.env` (overrides win)."""
+    values: dict[str, Any] = _RawEnvironment(**overrides).model_dump(exclude_none=True)
     return values
 
 

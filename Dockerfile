@@ -1,0 +1,49 @@
+# syntax=docker/dockerfile:1
+
+# Image for the avatar agent worker (`python agent.py start`).
+# Build: docker build -t avatar-agent .
+# Run:   docker run --env-file .env -p 8081:8081 avatar-agent
+FROM python:3.11-slim
+
+ARG UV_VERSION=0.13.9
+# Fixed, numeric ids so orchestrators can verify the container runs as non-root.
+ARG APP_UID=10001
+
+ENV PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    UV_PYTHON=python3.11 \
+    UV_PYTHON_DOWNLOADS=never \
+    UV_PROJECT_ENVIRONMENT=/app/.venv \
+    UV_COMPILE_BYTECODE=1 \
+    UV_NO_CACHE=1 \
+    PATH=/app/.venv/bin:$PATH
+
+# No apt packages: every locked dependency ships a manylinux wheel for CPython 3.11,
+# and the native libraries they load (libstdc++, libgcc_s) are part of the Debian base.
+RUN pip install --no-cache-dir --root-user-action=ignore "uv==${UV_VERSION}"
+
+RUN groupadd --gid "${APP_UID}" appuser \
+    && useradd --uid "${APP_UID}" --gid "${APP_UID}" --home-dir /app --no-create-home \
+        --shell /usr/sbin/nologin appuser \
+    && install --directory --owner="${APP_UID}" --group="${APP_UID}" /app
+
+WORKDIR /app
+USER ${APP_UID}:${APP_UID}
+
+# Dependencies first: this layer is rebuilt only when the lock file changes.
+COPY --chown=${APP_UID}:${APP_UID} pyproject.toml uv.lock ./
+RUN uv sync --locked --no-dev
+
+COPY --chown=${APP_UID}:${APP_UID} agent.py config.py ./
+COPY --chown=${APP_UID}:${APP_UID} providers/ ./providers/
+COPY --chown=${APP_UID}:${APP_UID} speech/ ./speech/
+
+# Fetch plugin model files at build time so workers start without network downloads.
+RUN python -m livekit.agents download-files
+
+# The worker's health endpoint (livekit-agents serves it on 8081 in production mode).
+EXPOSE 8081
+HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8081/', timeout=4)"]
+
+CMD ["python", "agent.py", "start"]

@@ -1,0 +1,185 @@
+"""AnamAPI against a strict emulator: the seed's two-step flow, and every failure cause."""
+
+from __future__ import annotations
+
+import time
+
+import aiohttp
+import pytest
+
+from providers.anam.api import AnamAPI, PersonaConfig, is_hard_limit, read_error_text
+from providers.errors import (
+    AuthenticationError,
+    PaymentRequiredError,
+    ProviderProtocolError,
+    ProviderTimeoutError,
+    ProviderUnavailableError,
+    QuotaExceededError,
+)
+from providers.retry import RetryPolicy
+from tests.providers.conftest import ANAM_KEY, FAST_POLICY, avatar_token, provider_http
+from tests.support.emulators import (
+    AnamEmulator,
+    Hang,
+    MalformedJson,
+    MissingSuccessField,
+    StatusFault,
+)
+from tests.support.emulators.anam import (
+    concurrent_session_limit,
+    rate_limited,
+    spend_cap_reached,
+)
+
+PERSONA = PersonaConfig(name="Cara", avatar_id="avatar-123")
+
+
+def client(
+    session: aiohttp.ClientSession,
+    emulator: AnamEmulator,
+    policy: RetryPolicy = FAST_POLICY,
+    api_url: str | None = None,
+) -> AnamAPI:
+    http = provider_http(
+        session, "anam", policy, read_error_text=read_error_text, is_quota_exceeded=is_hard_limit
+    )
+    return AnamAPI(http, api_key=ANAM_KEY, api_url=api_url or emulator.url)
+
+
+async def start(anam: AnamAPI, persona: PersonaConfig = PERSONA) -> str:
+    token = await anam.create_session_token(
+        persona, livekit_url="wss://example.livekit.cloud", livekit_token=avatar_token()
+    )
+    return (await anam.start_engine_session(token)).session_id
+
+
+async def test_two_step_flow_matches_the_seed_contract(
+    http_session: aiohttp.ClientSession, anam_emulator: AnamEmulator
+) -> None:
+    livekit_token = avatar_token()
+    anam = client(http_session, anam_emulator)
+    session_token = await anam.create_session_token(
+        PersonaConfig(name="Cara", avatar_id="avatar-123", avatar_model="cara-3"),
+        livekit_url="wss://example.livekit.cloud",
+        livekit_token=livekit_token,
+    )
+    engine = await anam.start_engine_session(session_token)
+
+    token_request, engine_request = anam_emulator.requests
+    assert (token_request.method, token_request.path) == ("POST", "/v1/auth/session-token")
+    assert token_request.headers["Authorization"] == f"Bearer {ANAM_KEY}"
+    assert token_request.headers["Content-Type"].startswith("application/json")
+    assert token_request.json == {
+        "personaConfig": {
+            "type": "ephemeral",
+            "name": "Cara",
+            "avatarId": "avatar-123",
+            "llmId": "CUSTOMER_CLIENT_V1",
+            "avatarModel": "cara-3",
+        },
+        "environment": {"livekitUrl": "wss://example.livekit.cloud", "livekitToken": livekit_token},
+    }
+    assert (engine_request.method, engine_request.path) == ("POST", "/v1/engine/session")
+    assert engine_request.headers["Authorization"] == f"Bearer {session_token}"
+    assert engine_request.json == {}
+    assert [s.session_id for s in anam_emulator.active_sessions] == [engine.session_id]
+    assert engine.engine_host
+
+
+@pytest.mark.parametrize("suffix", ["", "/", "//"])
+async def test_urls_are_joined_whatever_the_slashes(
+    http_session: aiohttp.ClientSession, anam_emulator: AnamEmulator, suffix: str
+) -> None:
+    await start(client(http_session, anam_emulator, api_url=anam_emulator.url + suffix))
+    assert [r.path for r in anam_emulator.requests] == [
+        "/v1/auth/session-token",
+        "/v1/engine/session",
+    ]
+
+
+@pytest.mark.parametrize("route", ["session_token", "engine_session"])
+@pytest.mark.parametrize(
+    "fault", [MissingSuccessField(), MissingSuccessField(empty=True), MalformedJson()]
+)
+async def test_a_missing_token_or_session_id_is_a_protocol_error(
+    http_session: aiohttp.ClientSession,
+    anam_emulator: AnamEmulator,
+    route: str,
+    fault: MissingSuccessField | MalformedJson,
+) -> None:
+    anam_emulator.inject(route, fault)
+    with pytest.raises(ProviderProtocolError):
+        await start(client(http_session, anam_emulator))
+    assert len(anam_emulator.requests_for(route)) == 1  # never retried
+
+
+@pytest.mark.parametrize("fault", [concurrent_session_limit(), spend_cap_reached()])
+async def test_hard_limits_are_not_retried(
+    http_session: aiohttp.ClientSession, anam_emulator: AnamEmulator, fault: StatusFault
+) -> None:
+    anam_emulator.inject("engine_session", fault)
+    with pytest.raises(QuotaExceededError) as caught:
+        await start(client(http_session, anam_emulator))
+    assert caught.value.status_code == 429
+    assert len(anam_emulator.requests_for("engine_session")) == 1
+
+
+async def test_a_plain_rate_limit_is_retried_after_retry_after(
+    http_session: aiohttp.ClientSession, anam_emulator: AnamEmulator
+) -> None:
+    anam_emulator.inject("session_token", rate_limited(1))
+    await start(client(http_session, anam_emulator))
+    first, second = anam_emulator.requests_for("session_token")
+    assert 1.0 <= second.arrived_at - first.arrived_at < 1.5
+
+
+async def test_busy_503_is_retried_on_both_steps(
+    http_session: aiohttp.ClientSession, anam_emulator: AnamEmulator
+) -> None:
+    anam_emulator.inject("session_token", StatusFault(503, "busy"))
+    anam_emulator.inject("engine_session", StatusFault(503, "busy"), StatusFault(503, "busy"))
+    await start(client(http_session, anam_emulator))
+    assert [r.status for r in anam_emulator.requests] == [503, 200, 503, 503, 200]
+
+
+async def test_persistent_503_gives_the_providers_text(
+    http_session: aiohttp.ClientSession, anam_emulator: AnamEmulator
+) -> None:
+    anam_emulator.inject("session_token", *[StatusFault(503, "engine pool exhausted")] * 4)
+    with pytest.raises(ProviderUnavailableError) as caught:
+        await start(client(http_session, anam_emulator))
+    assert "engine pool exhausted" in (caught.value.provider_message or "")
+
+
+@pytest.mark.parametrize(
+    ("status", "error_type"), [(401, AuthenticationError), (402, PaymentRequiredError)]
+)
+async def test_key_and_plan_errors_are_final(
+    http_session: aiohttp.ClientSession,
+    anam_emulator: AnamEmulator,
+    status: int,
+    error_type: type[Exception],
+) -> None:
+    anam_emulator.inject("session_token", StatusFault(status))
+    with pytest.raises(error_type):
+        await start(client(http_session, anam_emulator))
+    assert len(anam_emulator.requests) == 1
+
+
+async def test_a_provider_that_never_answers_ends_at_the_deadline(
+    http_session: aiohttp.ClientSession, anam_emulator: AnamEmulator
+) -> None:
+    """The seed client only had a connect timeout: this waited forever."""
+    policy = RetryPolicy(max_retries=2, base_delay=0.05, attempt_timeout=0.5, call_deadline=5)
+    anam_emulator.inject("engine_session", Hang(), Hang(), Hang())
+    started = time.monotonic()
+    with pytest.raises(ProviderTimeoutError):
+        await start(client(http_session, anam_emulator, policy))
+    elapsed = time.monotonic() - started
+    assert 1.5 <= elapsed < 2.5, elapsed  # three attempts of 0.5 s plus two short backoffs
+    assert len(anam_emulator.requests_for("engine_session")) == 3
+
+
+def test_reprs_hold_no_key(http_session: aiohttp.ClientSession) -> None:
+    anam = AnamAPI(provider_http(http_session, "anam"), api_key=ANAM_KEY)
+    assert ANAM_KEY not in repr(anam)

@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import aiohttp
+import pytest
+
+from providers.http import ProviderHttp
+from providers.retry import RetryPolicy
+from providers.token import AvatarTokenRequest, mint_avatar_token
+from tests.support.emulators import AnamEmulator, LemonSliceEmulator
+
+LIVEKIT_API_KEY = "devkey"
+LIVEKIT_API_SECRET = "livekit-secret-for-tests-0123456789abcdef"
+LEMONSLICE_KEY = "ls-live-key-never-logged-4242"
+ANAM_KEY = "anam-live-key-never-logged-4343"
+
+# Small delays so fault tests run in well under a second, with the same shape as production.
+FAST_POLICY = RetryPolicy(
+    max_retries=3, base_delay=0.1, max_delay=0.4, attempt_timeout=0.5, call_deadline=4.0
+)
+
+
+@pytest.fixture
+async def http_session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest.fixture
+async def lemonslice_emulator() -> AsyncIterator[LemonSliceEmulator]:
+    async with LemonSliceEmulator(api_key=LEMONSLICE_KEY) as emulator:
+        yield emulator
+
+
+@pytest.fixture
+async def anam_emulator() -> AsyncIterator[AnamEmulator]:
+    async with AnamEmulator(api_key=ANAM_KEY) as emulator:
+        yield emulator
+
+
+def provider_http(
+    session: aiohttp.ClientSession,
+    provider: str,
+    policy: RetryPolicy = FAST_POLICY,
+    **kwargs: object,
+) -> ProviderHttp:
+    return ProviderHttp(session, provider=provider, policy=policy, rng=random.Random(7), **kwargs)  # type: ignore[arg-type]
+
+
+def avatar_token(room: str = "room-1", ttl: timedelta = timedelta(minutes=10)) -> str:
+    return mint_avatar_token(
+        AvatarTokenRequest(
+            room_name=room,
+            avatar_identity="test-avatar",
+            agent_identity="agent-AJ_123",
+            ttl=ttl,
+        ),
+        api_key=LIVEKIT_API_KEY,
+        api_secret=LIVEKIT_API_SECRET,
+    )
+
+
+def gaps(times: list[float]) -> list[float]:
+    return [later - earlier for earlier, later in itertools.pairwise(times)]

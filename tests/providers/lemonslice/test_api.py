@@ -1,0 +1,326 @@
+"""LemonSliceAPI against a strict emulator: the seed's wire contract, and every failure cause."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import aiohttp
+import pytest
+from livekit import api
+
+from providers.errors import (
+    AuthenticationError,
+    BadRequestError,
+    PaymentRequiredError,
+    PermissionDeniedError,
+    ProviderConnectionError,
+    ProviderProtocolError,
+    ProviderTimeoutError,
+    ProviderUnavailableError,
+    RateLimitedError,
+)
+from providers.lemonslice.api import LemonSliceAgent, LemonSliceAPI, read_error_text
+from providers.retry import RetryPolicy
+from tests.providers.conftest import (
+    FAST_POLICY,
+    LEMONSLICE_KEY,
+    LIVEKIT_API_KEY,
+    LIVEKIT_API_SECRET,
+    avatar_token,
+    gaps,
+    provider_http,
+)
+from tests.support.emulators import (
+    CloseConnection,
+    Hang,
+    LemonSliceEmulator,
+    MalformedJson,
+    MissingSuccessField,
+    StatusFault,
+    SucceedSlow,
+)
+
+AGENT = LemonSliceAgent(agent_id="agent-7", agent_prompt="smile", idle_timeout=120)
+
+
+def client(
+    session: aiohttp.ClientSession,
+    emulator: LemonSliceEmulator,
+    policy: RetryPolicy = FAST_POLICY,
+    key: str = LEMONSLICE_KEY,
+) -> LemonSliceAPI:
+    http = provider_http(session, "lemonslice", policy, read_error_text=read_error_text)
+    return LemonSliceAPI(http, api_key=key, api_url=emulator.sessions_url)
+
+
+async def start(lemonslice: LemonSliceAPI, agent: LemonSliceAgent = AGENT) -> str:
+    return await lemonslice.start_agent_session(
+        agent,
+        livekit_url="wss://example.livekit.cloud",
+        livekit_token=avatar_token(),
+        livekit_session_id="RM_abc123",
+    )
+
+
+async def test_create_matches_the_seed_contract_field_by_field(
+    http_session: aiohttp.ClientSession, lemonslice_emulator: LemonSliceEmulator
+) -> None:
+    agent = LemonSliceAgent(
+        agent_id="agent-7",
+        agent_prompt="smile",
+        agent_idle_prompt="look around",
+        idle_timeout=120,
+        extra_payload={"model": "lite"},
+    )
+    token = avatar_token()
+    session_id = await client(http_session, lemonslice_emulator).start_agent_session(
+        agent,
+        livekit_url="wss://example.livekit.cloud",
+        livekit_token=token,
+        livekit_session_id="RM_abc123",
+    )
+
+    (request,) = lemonslice_emulator.requests
+    assert (request.method, request.path) == ("POST", "/api/liveai/sessions")
+    assert request.headers["X-API-Key"] == LEMONSLICE_KEY
+    assert request.headers["Content-Type"].startswith("application/json")
+    assert request.json == {
+        "transport_type": "livekit",
+        "properties": {
+            "livekit_url": "wss://example.livekit.cloud",
+            "livekit_token": token,
+            "livekit_session_id": "RM_abc123",
+        },
+        "agent_id": "agent-7",
+        "agent_prompt": "smile",
+        "agent_idle_prompt": "look around",
+        "idle_timeout": 120,
+        "model": "lite",
+    }
+    assert [s.session_id for s in lemonslice_emulator.active_sessions] == [session_id]
+
+
+async def test_image_url_is_sent_instead_of_agent_id(
+    http_session: aiohttp.ClientSession, lemonslice_emulator: LemonSliceEmulator
+) -> None:
+    await start(
+        client(http_session, lemonslice_emulator),
+        LemonSliceAgent(agent_image_url="https://cdn.example.com/face.png"),
+    )
+    body = lemonslice_emulator.requests[0].json
+    assert body["agent_image_url"] == "https://cdn.example.com/face.png"
+    assert "agent_id" not in body and "agent_prompt" not in body
+
+
+def test_agent_needs_exactly_one_of_id_and_image() -> None:
+    with pytest.raises(ValueError, match="exactly one"):
+        LemonSliceAgent(agent_id="a", agent_image_url="https://cdn.example.com/face.png")
+    with pytest.raises(ValueError, match="exactly one"):
+        LemonSliceAgent()
+
+
+async def test_the_token_that_reaches_the_provider_verifies(
+    http_session: aiohttp.ClientSession, lemonslice_emulator: LemonSliceEmulator
+) -> None:
+    await start(client(http_session, lemonslice_emulator))
+    sent = lemonslice_emulator.requests[0].json["properties"]["livekit_token"]
+    claims = api.TokenVerifier(LIVEKIT_API_KEY, LIVEKIT_API_SECRET).verify(sent)
+    assert claims.identity == "test-avatar"
+    assert claims.kind == "agent"
+    assert claims.attributes == {"lk.publish_on_behalf": "agent-AJ_123"}
+    assert claims.video is not None and claims.video.room == "room-1"
+
+
+async def test_terminate_ends_the_session(
+    http_session: aiohttp.ClientSession, lemonslice_emulator: LemonSliceEmulator
+) -> None:
+    lemonslice = client(http_session, lemonslice_emulator)
+    session_id = await start(lemonslice)
+    await lemonslice.terminate(session_id)
+
+    control = lemonslice_emulator.requests_for("control")[0]
+    assert control.path == f"/api/liveai/sessions/{session_id}/control"
+    assert control.json == {"event": "terminate"}
+    assert control.headers["X-API-Key"] == LEMONSLICE_KEY
+    assert lemonslice_emulator.active_sessions == ()
+    assert await lemonslice.session_status(session_id) == "COMPLETED"
+
+
+async def test_5xx_is_retried_with_growing_jittered_backoff(
+    http_session: aiohttp.ClientSession, lemonslice_emulator: LemonSliceEmulator
+) -> None:
+    lemonslice_emulator.inject("create", StatusFault(503), StatusFault(500), StatusFault(502))
+    await start(client(http_session, lemonslice_emulator))
+
+    creates = lemonslice_emulator.requests_for("create")
+    assert [r.status for r in creates] == [503, 500, 502, 201]
+    waits = gaps([r.arrived_at for r in creates])
+    # retry n waits within [cap/2, cap], cap = min(0.4, 0.1 * 2**n); a little slack for the loop
+    for n, waited in enumerate(waits):
+        cap = min(FAST_POLICY.max_delay, FAST_POLICY.base_delay * 2**n)
+        assert cap / 2 <= waited <= cap + 0.1, (n, waited)
+    assert len(lemonslice_emulator.sessions) == 1
+
+
+async def test_retry_after_is_honoured(
+    http_session: aiohttp.ClientSession, lemonslice_emulator: LemonSliceEmulator
+) -> None:
+    lemonslice_emulator.inject("create", StatusFault(429, "slow down", retry_after=1))
+    await start(client(http_session, lemonslice_emulator))
+    first, second = lemonslice_emulator.requests_for("create")
+    assert second.arrived_at - first.arrived_at >= 1.0
+    # without Retry-After the first retry would have come after at most 0.1 s
+    assert second.arrived_at - first.arrived_at < 1.5
+
+
+async def test_retry_after_beyond_the_deadline_fails_at_once_with_the_providers_answer(
+    http_session: aiohttp.ClientSession, lemonslice_emulator: LemonSliceEmulator
+) -> None:
+    lemonslice_emulator.inject("create", StatusFault(429, "come back later", retry_after=60))
+    started = time.monotonic()
+    with pytest.raises(RateLimitedError) as caught:
+        await start(client(http_session, lemonslice_emulator))
+    assert time.monotonic() - started < 1.0
+    assert caught.value.retry_after == 60
+    assert caught.value.provider_message == "come back later"
+    assert len(lemonslice_emulator.requests) == 1
+
+
+@pytest.mark.parametrize(
+    ("status", "error_type"),
+    [
+        (400, BadRequestError),
+        (401, AuthenticationError),
+        (402, PaymentRequiredError),
+        (403, PermissionDeniedError),
+        (404, BadRequestError),
+    ],
+)
+async def test_client_errors_are_not_retried(
+    http_session: aiohttp.ClientSession,
+    lemonslice_emulator: LemonSliceEmulator,
+    status: int,
+    error_type: type[Exception],
+) -> None:
+    lemonslice_emulator.inject("create", StatusFault(status, f"refused with {status}"))
+    with pytest.raises(error_type) as caught:
+        await start(client(http_session, lemonslice_emulator))
+    assert len(lemonslice_emulator.requests) == 1
+    error = caught.value
+    assert getattr(error, "status_code", None) == status
+    assert getattr(error, "provider_message", None) == f"refused with {status}"
+    assert getattr(error, "retryable", None) is False
+
+
+async def test_a_wrong_key_is_an_authentication_error_from_the_provider(
+    http_session: aiohttp.ClientSession, lemonslice_emulator: LemonSliceEmulator
+) -> None:
+    with pytest.raises(AuthenticationError) as caught:
+        await start(client(http_session, lemonslice_emulator, key="ls-wrong-key-never-logged"))
+    assert caught.value.provider_message == "invalid API key"
+    assert "ls-wrong-key-never-logged" not in str(caught.value) + repr(caught.value)
+
+
+async def test_persistent_5xx_ends_with_the_last_status_and_text(
+    http_session: aiohttp.ClientSession, lemonslice_emulator: LemonSliceEmulator
+) -> None:
+    lemonslice_emulator.inject("create", *[StatusFault(503, "overloaded")] * 4)
+    with pytest.raises(ProviderUnavailableError) as caught:
+        await start(client(http_session, lemonslice_emulator))
+    assert caught.value.status_code == 503
+    assert caught.value.provider_message == "overloaded"
+    assert len(lemonslice_emulator.requests) == FAST_POLICY.max_attempts
+
+
+async def test_max_retries_zero_still_makes_one_attempt(
+    http_session: aiohttp.ClientSession, lemonslice_emulator: LemonSliceEmulator
+) -> None:
+    policy = RetryPolicy(max_retries=0, attempt_timeout=1, call_deadline=2)
+    lemonslice_emulator.inject("create", StatusFault(503))
+    with pytest.raises(ProviderUnavailableError):
+        await start(client(http_session, lemonslice_emulator, policy))
+    assert len(lemonslice_emulator.requests) == 1
+
+
+@pytest.mark.parametrize(
+    "fault", [MalformedJson(), MissingSuccessField(), MissingSuccessField(empty=True)]
+)
+async def test_a_broken_success_reply_is_never_retried(
+    http_session: aiohttp.ClientSession,
+    lemonslice_emulator: LemonSliceEmulator,
+    fault: MalformedJson | MissingSuccessField,
+) -> None:
+    """The provider did create (and bills) a session: a retry would start a duplicate."""
+    lemonslice_emulator.inject("create", fault)
+    lemonslice = client(http_session, lemonslice_emulator)
+    with pytest.raises(ProviderProtocolError) as caught:
+        await start(lemonslice)
+    assert caught.value.status_code == 201
+    assert len(lemonslice_emulator.requests) == 1
+    assert len(lemonslice_emulator.sessions) == 1
+    assert [o.operation for o in lemonslice._http.possible_orphans] == ["create session"]
+
+
+async def test_a_hang_ends_at_the_call_deadline_with_a_typed_timeout(
+    http_session: aiohttp.ClientSession, lemonslice_emulator: LemonSliceEmulator
+) -> None:
+    policy = RetryPolicy(max_retries=10, base_delay=0.05, attempt_timeout=0.4, call_deadline=1.5)
+    lemonslice_emulator.inject("create", *[Hang()] * 10)
+    started = time.monotonic()
+    with pytest.raises(ProviderTimeoutError):
+        await start(client(http_session, lemonslice_emulator, policy))
+    elapsed = time.monotonic() - started
+    assert 1.4 <= elapsed <= 2.0, elapsed
+    assert len(lemonslice_emulator.requests) >= 2  # each attempt timed out and was retried
+
+
+async def test_a_create_that_may_have_reached_the_provider_is_accounted_for(
+    http_session: aiohttp.ClientSession, lemonslice_emulator: LemonSliceEmulator
+) -> None:
+    """The reply to a real create is lost: the retry is logged and the first session counted."""
+    lemonslice_emulator.inject("create", SucceedSlow(seconds=5))
+    lemonslice = client(http_session, lemonslice_emulator)
+    session_id = await start(lemonslice)
+
+    assert [o.operation for o in lemonslice._http.possible_orphans] == ["create session"]
+    assert len(lemonslice_emulator.sessions) == 2  # the provider did make two
+    assert session_id == lemonslice_emulator.sessions[1].session_id
+
+
+async def test_a_connection_closed_without_reply_is_retried(
+    http_session: aiohttp.ClientSession, lemonslice_emulator: LemonSliceEmulator
+) -> None:
+    lemonslice_emulator.inject("create", CloseConnection())
+    lemonslice = client(http_session, lemonslice_emulator)
+    await start(lemonslice)
+    assert len(lemonslice_emulator.requests_for("create")) == 2
+    assert len(lemonslice._http.possible_orphans) == 1
+
+
+async def test_nothing_listening_is_a_connection_error_after_every_attempt(
+    http_session: aiohttp.ClientSession,
+) -> None:
+    server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    server.close()
+    await server.wait_closed()
+    http = provider_http(http_session, "lemonslice")
+    lemonslice = LemonSliceAPI(
+        http, api_key=LEMONSLICE_KEY, api_url=f"http://127.0.0.1:{port}/api/liveai/sessions"
+    )
+    with pytest.raises(ProviderConnectionError) as caught:
+        await start(lemonslice)
+    assert "could not connect" in str(caught.value)
+    assert http.possible_orphans == []  # nothing was sent, nothing can be orphaned
+
+
+def test_reprs_hold_no_key(http_session: aiohttp.ClientSession) -> None:
+    lemonslice = LemonSliceAPI(
+        provider_http(http_session, "lemonslice"),
+        api_key=LEMONSLICE_KEY,
+        api_url="https://lemonslice.com/api/liveai/sessions",
+    )
+    assert LEMONSLICE_KEY not in repr(lemonslice)
+    assert json.dumps(repr(lemonslice))

@@ -1,0 +1,37 @@
+"""Strict local HTTP emulators of the LemonSlice and Anam avatar APIs, for tests."""
+
+from ._faults import (
+    CloseConnection,
+    Delay,
+    Fault,
+    Hang,
+    MalformedJson,
+    MissingSuccessField,
+    StatusFault,
+    SucceedSlow,
+)
+from ._records import RecordedRequest
+from ._server import EmulatorServer
+from ._sessions import AvatarHandle, AvatarLaunch, AvatarLauncher, EmulatedSession, SessionStatus
+from .anam import AnamEmulator
+from .lemonslice import LemonSliceEmulator
+
+__all__ = [
+    "AnamEmulator",
+    "AvatarHandle",
+    "AvatarLaunch",
+    "AvatarLauncher",
+    "CloseConnection",
+    "Delay",
+    "EmulatedSession",
+    "EmulatorServer",
+    "Fault",
+    "Hang",
+    "LemonSliceEmulator",
+    "MalformedJson",
+    "MissingSuccessField",
+    "RecordedRequest",
+    "SessionStatus",
+    "StatusFault",
+    "SucceedSlow",
+]

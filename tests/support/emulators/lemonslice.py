@@ -1,0 +1,177 @@
+"""A strict emulator of LemonSlice's live avatar session API (see shared/notes/provider-apis.md).
+
+Routes (names for `inject` / `requests_for`):
+  "create":  POST {sessions_url}                  -> 201 {"session_id"}
+  "control": POST {sessions_url}/{id}/control     -> {"success": true}
+  "status":  GET  {sessions_url}/{id}             -> {"session_status"}
+Every route needs the X-API-Key header. Errors are {"detail": "<text>"}.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any, Final
+
+from aiohttp import web
+
+from ._checks import (
+    Rejected,
+    check_bool,
+    check_choice,
+    check_int,
+    check_keys,
+    check_number,
+    check_str,
+    check_token,
+    check_url,
+    json_object_body,
+    sub_object,
+)
+from ._records import RecordedRequest
+from ._server import EmulatorServer, Reply
+from ._sessions import AvatarLauncher, EmulatedSession, Provider
+
+SESSIONS_PATH: Final = "/api/liveai/sessions"
+DEFAULT_SAMPLE_RATE: Final = 16000
+SAMPLE_RATES: Final = (16000, 22050, 24000, 44100, 48000)
+MODELS: Final = ("flash", "lite", "pro")
+ASPECT_RATIOS: Final = ("1x1", "2x3", "9x16")
+CONTROL_EVENTS: Final = (
+    "terminate",
+    "update-image",
+    "update-agent-prompt",
+    "update-idle-prompt",
+    "pose-trigger",
+)
+LIVEKIT_URL_SCHEMES: Final = ("ws", "wss", "http", "https")
+
+_OPTIONAL_TOP_LEVEL: Final = (
+    "agent_id",
+    "agent_image_url",
+    "agent_prompt",
+    "agent_idle_prompt",
+    "idle_timeout",
+    "response_done_timeout",
+    "model",
+    "aspect_ratio",
+    "simulcast",
+    "audio_sample_rate",
+)
+
+
+class LemonSliceEmulator(EmulatorServer):
+    provider: Provider = "lemonslice"
+
+    def __init__(
+        self,
+        api_key: str = "lemonslice-test-key",
+        *,
+        avatar_launcher: AvatarLauncher | None = None,
+        require_jwt_token: bool = True,
+    ) -> None:
+        super().__init__(routes=("create", "control", "status"), avatar_launcher=avatar_launcher)
+        self._api_key = api_key
+        self._require_jwt = require_jwt_token
+        self.add_route("POST", SESSIONS_PATH, "create", self._create)
+        self.add_route("POST", SESSIONS_PATH + "/{session_id}/control", "control", self._control)
+        self.add_route("GET", SESSIONS_PATH + "/{session_id}", "status", self._status)
+
+    @property
+    def sessions_url(self) -> str:
+        """The full create URL: what the client is configured with as its API URL."""
+        return self.url + SESSIONS_PATH
+
+    def error_body(self, status: int, message: str) -> dict[str, Any]:
+        return {"detail": message}
+
+    async def _create(self, request: web.Request, record: RecordedRequest) -> Reply:
+        self._authenticate(record)
+        body = json_object_body(record)
+        properties = _validate_create(body, require_jwt=self._require_jwt)
+        session = self.create_session(
+            record,
+            config=body,
+            livekit_url=properties["livekit_url"],
+            livekit_token=properties["livekit_token"],
+            sample_rate=body.get("audio_sample_rate", DEFAULT_SAMPLE_RATE),
+        )
+        return Reply(201, {"session_id": session.session_id}, success_field="session_id")
+
+    async def _control(self, request: web.Request, record: RecordedRequest) -> Reply:
+        self._authenticate(record)
+        session = self._find_session(request)
+        body = json_object_body(record)
+        if "event" not in body:
+            raise Rejected(400, "missing required field 'event'")
+        event = check_choice(body, "event", CONTROL_EVENTS, where="")
+        if event == "terminate":
+            check_keys(body, where="", required=("event",))
+            await self.terminate_session(session)
+        return Reply(200, {"success": True}, success_field="success")
+
+    async def _status(self, request: web.Request, record: RecordedRequest) -> Reply:
+        self._authenticate(record)
+        session = self._find_session(request)
+        return Reply(200, {"session_status": session.status}, success_field="session_status")
+
+    def _authenticate(self, record: RecordedRequest) -> None:
+        given = record.headers.get("X-API-Key")
+        if not given:
+            raise Rejected(401, "missing X-API-Key header")
+        if not hmac.compare_digest(given.encode(), self._api_key.encode()):
+            raise Rejected(401, "invalid API key")
+
+    def _find_session(self, request: web.Request) -> EmulatedSession:
+        try:
+            return self.session(request.match_info["session_id"])
+        except KeyError:
+            raise Rejected(404, "session not found") from None
+
+
+def _validate_create(body: dict[str, Any], *, require_jwt: bool) -> dict[str, Any]:
+    """Validate a create body; returns its `properties` object."""
+    check_keys(
+        body, where="", required=("transport_type", "properties"), optional=_OPTIONAL_TOP_LEVEL
+    )
+    if body["transport_type"] != "livekit":
+        raise Rejected(400, "'transport_type' must be 'livekit'")
+
+    properties = sub_object(body, "properties", where="")
+    where = "properties"
+    check_keys(
+        properties,
+        where=where,
+        required=("livekit_url", "livekit_token"),
+        optional=("livekit_session_id",),
+    )
+    check_url(properties, "livekit_url", LIVEKIT_URL_SCHEMES, where=where)
+    check_token(properties, "livekit_token", where=where, require_jwt=require_jwt)
+    if "livekit_session_id" in properties:
+        check_str(properties, "livekit_session_id", where=where)
+
+    has_id, has_image = "agent_id" in body, "agent_image_url" in body
+    if has_id and has_image:
+        raise Rejected(400, "Only one of agent_id or agent_image_url can be provided")
+    if not has_id and not has_image:
+        raise Rejected(400, "Missing agent_id or agent_image_url")
+    if has_id:
+        check_str(body, "agent_id", where="")
+    else:
+        check_url(body, "agent_image_url", ("http", "https"), where="")
+
+    for key in ("agent_prompt", "agent_idle_prompt"):
+        if key in body:
+            check_str(body, key, where="", non_empty=False)
+    if "idle_timeout" in body:
+        check_int(body, "idle_timeout", where="")
+    if "response_done_timeout" in body:
+        check_number(body, "response_done_timeout", where="")
+    if "model" in body:
+        check_choice(body, "model", MODELS, where="")
+    if "aspect_ratio" in body:
+        check_choice(body, "aspect_ratio", ASPECT_RATIOS, where="")
+    if "simulcast" in body:
+        check_bool(body, "simulcast", where="")
+    if "audio_sample_rate" in body:
+        check_choice(body, "audio_sample_rate", SAMPLE_RATES, where="")
+    return properties

@@ -1,0 +1,116 @@
+"""The worker process: a bad configuration stops it before it ever contacts LiveKit."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+AGENT = Path(__file__).resolve().parent.parent / "agent.py"
+SECRET = "livekit-secret-value-that-must-not-leak"
+
+
+class ConnectionRecorder:
+    """A loopback TCP listener standing where LiveKit would be; it records who knocks."""
+
+    def __init__(self) -> None:
+        self.connected = asyncio.Event()
+        self.count = 0
+        self._server: asyncio.Server | None = None
+
+    async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.count += 1
+        self.connected.set()
+        writer.close()
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None
+        port = self._server.sockets[0].getsockname()[1]
+        return f"ws://127.0.0.1:{port}"
+
+    async def __aenter__(self) -> ConnectionRecorder:
+        self._server = await asyncio.start_server(self._on_connect, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+
+@pytest.fixture
+async def livekit_stand_in() -> AsyncIterator[ConnectionRecorder]:
+    async with ConnectionRecorder() as recorder:
+        yield recorder
+
+
+async def start_worker(env: dict[str, str], cwd: Path) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(AGENT),
+        "start",
+        cwd=cwd,
+        env={"PATH": os.environ["PATH"], "HOME": str(cwd), "AGENT_HTTP_PORT": "0", **env},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,
+    )
+
+
+async def stop_worker(process: asyncio.subprocess.Process) -> None:
+    if process.returncode is None:
+        os.killpg(process.pid, signal.SIGKILL)
+    await process.communicate()
+
+
+async def test_bad_configuration_stops_the_worker_before_it_registers(
+    livekit_stand_in: ConnectionRecorder, tmp_path: Path
+) -> None:
+    process = await start_worker(
+        {
+            "LIVEKIT_URL": livekit_stand_in.url,
+            "LIVEKIT_API_KEY": "devkey",
+            "LIVEKIT_API_SECRET": SECRET,
+            "AVATAR_PROVIDER": "lemonslice",
+            "LEMONSLICE_API_KEY": "ls-secret-key-0001",
+            "LEMONSLICE_AGENT_ID": "agent-7",
+            "LEMONSLICE_AGENT_IMAGE_URL": "https://cdn.example.com/face.png",
+            "AVATAR_TOKEN_TTL": "-1",
+        },
+        tmp_path,
+    )
+    try:
+        stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
+    finally:
+        await stop_worker(process)
+    output = (stdout + stderr).decode()
+    assert process.returncode == 2, output
+    assert "LEMONSLICE_AGENT_ID and LEMONSLICE_AGENT_IMAGE_URL: both set" in output
+    assert "AVATAR_TOKEN_TTL" in output
+    assert SECRET not in output and "ls-secret-key-0001" not in output
+    assert livekit_stand_in.count == 0
+
+
+async def test_good_configuration_does_contact_livekit(
+    livekit_stand_in: ConnectionRecorder, tmp_path: Path
+) -> None:
+    """The control for the test above: the same worker, well configured, knocks on LiveKit's door."""
+    process = await start_worker(
+        {
+            "LIVEKIT_URL": livekit_stand_in.url,
+            "LIVEKIT_API_KEY": "devkey",
+            "LIVEKIT_API_SECRET": SECRET,
+        },
+        tmp_path,
+    )
+    try:
+        await asyncio.wait_for(livekit_stand_in.connected.wait(), timeout=60)
+    finally:
+        await stop_worker(process)
+    assert livekit_stand_in.count >= 1

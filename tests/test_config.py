@@ -1,0 +1,142 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from config import ConfigError, Settings, load_settings
+
+LIVEKIT = {
+    "LIVEKIT_URL": "wss://example.livekit.cloud",
+    "LIVEKIT_API_KEY": "APIkey123",
+    "LIVEKIT_API_SECRET": "livekit-secret-value-that-must-not-leak",
+}
+SECRETS = ("livekit-secret-value-that-must-not-leak", "ls-secret-key-0001", "anam-secret-key-0002")
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Each test sees only the variables it sets, and no `.env` but the one it writes."""
+    for name in Settings.model_fields:
+        monkeypatch.delenv(name.upper(), raising=False)
+    monkeypatch.chdir(tmp_path)
+
+
+def configure(monkeypatch: pytest.MonkeyPatch, **variables: str) -> None:
+    for name, value in {**LIVEKIT, **variables}.items():
+        monkeypatch.setenv(name, value)
+
+
+def problems_of(monkeypatch: pytest.MonkeyPatch, **variables: str) -> list[str]:
+    configure(monkeypatch, **variables)
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    message = str(caught.value)
+    for secret in SECRETS:
+        assert secret not in message
+    return caught.value.problems
+
+
+def test_no_provider_key_means_the_local_avatar(monkeypatch: pytest.MonkeyPatch) -> None:
+    configure(monkeypatch)
+    assert load_settings().provider == "local"
+
+
+def test_the_provider_whose_key_is_set_is_chosen(monkeypatch: pytest.MonkeyPatch) -> None:
+    configure(monkeypatch, ANAM_API_KEY="anam-secret-key-0002", ANAM_AVATAR_ID="avatar-1")
+    settings = load_settings()
+    assert settings.provider == "anam"
+    assert settings.anam_api_url == "https://api.anam.ai"
+
+
+def test_defaults_match_the_documented_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    configure(monkeypatch, LEMONSLICE_API_KEY="ls-secret-key-0001", LEMONSLICE_AGENT_ID="agent-7")
+    settings = load_settings()
+    assert settings.provider == "lemonslice"
+    assert settings.lemonslice_api_url == "https://lemonslice.com/api/liveai/sessions"
+    assert settings.token_ttl.total_seconds() == 600
+    assert settings.avatar_join_timeout == 30
+
+
+def test_both_keys_without_a_choice_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    problems = problems_of(
+        monkeypatch, LEMONSLICE_API_KEY="ls-secret-key-0001", ANAM_API_KEY="anam-secret-key-0002"
+    )
+    assert any(p.startswith("AVATAR_PROVIDER") and "both" in p for p in problems)
+
+
+def test_agent_id_and_image_url_together_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    problems = problems_of(
+        monkeypatch,
+        LEMONSLICE_API_KEY="ls-secret-key-0001",
+        LEMONSLICE_AGENT_ID="agent-7",
+        LEMONSLICE_AGENT_IMAGE_URL="https://cdn.example.com/face.png",
+    )
+    assert problems == [
+        "LEMONSLICE_AGENT_ID and LEMONSLICE_AGENT_IMAGE_URL: both set; set exactly one"
+    ]
+
+
+def test_every_problem_is_named_in_one_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LIVEKIT_API_SECRET", "livekit-secret-value-that-must-not-leak")
+    monkeypatch.setenv("AVATAR_PROVIDER", "lemonslice")
+    monkeypatch.setenv("LEMONSLICE_API_URL", "not a url ls-secret-key-0001")
+    monkeypatch.setenv("AVATAR_TOKEN_TTL", "-5")
+    monkeypatch.setenv("AVATAR_JOIN_TIMEOUT", "soon")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    named = {problem.split(":")[0] for problem in caught.value.problems}
+    assert named == {
+        "LIVEKIT_URL",
+        "LIVEKIT_API_KEY",
+        "LEMONSLICE_API_URL",
+        "AVATAR_TOKEN_TTL",
+        "AVATAR_JOIN_TIMEOUT",
+        "LEMONSLICE_API_KEY",
+        "LEMONSLICE_AGENT_ID or LEMONSLICE_AGENT_IMAGE_URL",
+    }
+    assert "ls-secret-key-0001" not in str(caught.value)
+    assert "livekit-secret-value-that-must-not-leak" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("AVATAR_PROVIDER", "heygen", "AVATAR_PROVIDER"),
+        ("LIVEKIT_URL", "localhost:7880", "LIVEKIT_URL"),
+        ("ANAM_API_URL", "ftp://api.anam.ai", "ANAM_API_URL"),
+        ("LEMONSLICE_AGENT_IMAGE_URL", "face.png", "LEMONSLICE_AGENT_IMAGE_URL"),
+        ("AVATAR_TOKEN_TTL", "0", "AVATAR_TOKEN_TTL"),
+        ("AVATAR_TOKEN_TTL", "86400", "AVATAR_TOKEN_TTL"),
+        ("AVATAR_MAX_RETRIES", "-1", "AVATAR_MAX_RETRIES"),
+        ("LEMONSLICE_IDLE_TIMEOUT", "1.5", "LEMONSLICE_IDLE_TIMEOUT"),
+        ("VOICE_MODE", "telepathy", "VOICE_MODE"),
+    ],
+)
+def test_an_invalid_value_is_named(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, expected: str
+) -> None:
+    problems = problems_of(monkeypatch, **{variable: value})
+    assert [p.split(":")[0] for p in problems] == [expected]
+
+
+def test_anam_needs_its_avatar_id(monkeypatch: pytest.MonkeyPatch) -> None:
+    problems = problems_of(monkeypatch, AVATAR_PROVIDER="anam", ANAM_API_KEY="anam-secret-key-0002")
+    assert problems == ["ANAM_AVATAR_ID: missing (AVATAR_PROVIDER is anam)"]
+
+
+def test_dotenv_file_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text(
+        "LIVEKIT_URL=ws://127.0.0.1:7880\nLIVEKIT_API_KEY=devkey\nLIVEKIT_API_SECRET=secret\n"
+        "AVATAR_IDENTITY=my-avatar\n"
+    )
+    settings = load_settings()
+    assert settings.livekit_url == "ws://127.0.0.1:7880"
+    assert settings.avatar_identity == "my-avatar"
+
+
+def test_secrets_are_hidden_from_the_repr(monkeypatch: pytest.MonkeyPatch) -> None:
+    configure(monkeypatch, ANAM_API_KEY="anam-secret-key-0002", ANAM_AVATAR_ID="avatar-1")
+    text = repr(load_settings()) + str(load_settings())
+    for secret in SECRETS:
+        assert secret not in text
