@@ -69,8 +69,8 @@ class OfflineVoice:
     mode: Literal["cloud", "offline"] = "offline"
 
     def create_session(self) -> AgentSession[Any]:
-        # Nothing to listen with: no STT or LLM, and no VAD to run for nothing.
-        return AgentSession(tts=EspeakTTS(), vad=None)
+        # Nothing to listen with: no STT or LLM, so no VAD or turn detector to run for nothing.
+        return AgentSession(tts=EspeakTTS(), vad=None, turn_handling={"turn_detection": "manual"})
 
     def create_agent(self) -> Agent:
         return Agent(instructions="You only speak the messages you are given.")
