@@ -46,6 +46,8 @@ async def run_job(ctx: JobContext, settings: Settings, voice: VoicePipeline) -> 
             extra={"provider": settings.provider, "voice": voice.mode},
         )
 
+    # When the conversation is over (the user left), the job is over: the avatar leaves with it.
+    session.on("close", lambda event: ctx.shutdown(reason=f"session closed: {event.reason}"))
     await session.start(agent=voice.create_agent(), room=ctx.room)
     await voice.greet(session)
 
@@ -64,6 +66,7 @@ def create_server(settings: Settings) -> AgentServer:
     server = AgentServer(
         ws_url=settings.livekit_url,
         port=settings.agent_http_port,
+        load_threshold=settings.agent_load_threshold,
         api_key=settings.livekit_api_key.get_secret_value() if settings.livekit_api_key else None,
         api_secret=(
             settings.livekit_api_secret.get_secret_value() if settings.livekit_api_secret else None

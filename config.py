@@ -79,6 +79,8 @@ class Settings(BaseModel):
     agent_name: str = "avatar-agent"
     # The worker's health/HTTP port in `start` mode (0 = any free port).
     agent_http_port: int = Field(default=8081, ge=0, le=65535)
+    # CPU load (0-1) at which the worker stops taking jobs (livekit-agents' production default).
+    agent_load_threshold: float = Field(default=0.7, gt=0, le=1)
 
     # LemonSlice
     lemonslice_api_key: SecretStr | None = None

@@ -70,7 +70,14 @@ class OfflineVoice:
 
     def create_session(self) -> AgentSession[Any]:
         # Nothing to listen with: no STT or LLM, so no VAD or turn detector to run for nothing.
-        return AgentSession(tts=EspeakTTS(), vad=None, turn_handling={"turn_detection": "manual"})
+        return AgentSession(
+            tts=EspeakTTS(),
+            vad=None,
+            turn_handling={
+                "turn_detection": "manual",
+                "interruption": {"resume_false_interruption": False},
+            },
+        )
 
     def create_agent(self) -> Agent:
         return Agent(instructions="You only speak the messages you are given.")
