@@ -218,7 +218,9 @@ def _describe(error: dict[str, Any]) -> str:
 
 
 class _Environment(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", env_ignore_empty=True
+    )
 
 
 # The same names as Settings, untyped: reading the environment never fails, validation comes after.

@@ -140,3 +140,17 @@ def test_secrets_are_hidden_from_the_repr(monkeypatch: pytest.MonkeyPatch) -> No
     text = repr(load_settings()) + str(load_settings())
     for secret in SECRETS:
         assert secret not in text
+
+
+def test_env_example_documents_every_setting_and_is_itself_valid(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    example = (Path(__file__).resolve().parent.parent / ".env.example").read_text()
+    documented = {
+        line.split("=", 1)[0] for line in example.splitlines() if line and not line.startswith("#")
+    }
+    assert documented == {name.upper() for name in Settings.model_fields}
+    (tmp_path / ".env").write_text(example)
+    settings = load_settings()
+    assert settings.provider == "local"
+    assert settings.agent_instructions  # blank lines in the file leave defaults in place
