@@ -183,6 +183,10 @@ class ProviderAvatarSession(AvatarSession[Any]):
             self._agent_session.output.audio = self._agent_audio_before
         else:
             self._agent_session.output.replace_audio_tail(self._agent_audio_before)
+        # DataStreamAudioOutput has no close: its task waiting for the avatar would wait forever.
+        waiting: asyncio.Task[None] | None = getattr(self._audio_output, "_start_atask", None)
+        if waiting is not None:
+            waiting.cancel()
         self._audio_output = None
 
     async def aclose(self) -> None:

@@ -1,0 +1,3 @@
+"""Shared test servers: the real livekit-server fixture lives in tests/support."""
+
+pytest_plugins = ["tests.support.livekit_server"]
