@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, ClassVar
 
+import aiohttp
 from livekit import api, rtc
 from livekit.agents import AgentSession, get_job_context
 from livekit.agents.voice.avatar import AvatarSession, DataStreamAudioOutput
@@ -69,6 +70,7 @@ class ProviderAvatarSession(AvatarSession[Any]):
         self._audio_output: DataStreamAudioOutput | None = None
         self._closed = False
         self._close_lock = asyncio.Lock()
+        self._room_name: str | None = None
 
     @property
     def avatar_identity(self) -> str:
@@ -96,6 +98,7 @@ class ProviderAvatarSession(AvatarSession[Any]):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._options.start_timeout
         await super().start(agent_session, room)
+        self._room_name = room.name
 
         token = mint_avatar_token(
             AvatarTokenRequest(
@@ -206,25 +209,37 @@ class ProviderAvatarSession(AvatarSession[Any]):
                         error,
                         extra={"provider": self.provider_name, "session_id": self.session_id},
                     )
-            if get_job_context(required=False) is None:
-                await self._remove_avatar_participant()
+            if self._room_name is not None:
+                await self._remove_avatar_participant(self._room_name)
             await super().aclose()
+            logger.info(
+                "%s avatar session closed",
+                self.provider_name,
+                extra={"provider": self.provider_name, "session_id": self.session_id},
+            )
 
-    async def _remove_avatar_participant(self) -> None:
-        """Outside a job the base class cannot reach RoomService; do it with our own credentials."""
-        room = self._room
-        if room is None or not room.isconnected():
-            return
-        async with api.LiveKitAPI(
-            self._livekit.url, self._livekit.api_key, self._livekit.api_secret
-        ) as livekit_api:
-            try:
+    async def _remove_avatar_participant(self, room_name: str) -> None:
+        """Remove the avatar by room name with our own credentials.
+
+        The base class only does so while the agent is still connected, but a job's shutdown
+        callbacks run after the agent has left: an avatar with no stop endpoint (Anam) would stay
+        in the room, and keep billing, until the room closes.
+        """
+        try:
+            async with (
+                asyncio.timeout(self._options.stop_timeout),
+                api.LiveKitAPI(
+                    self._livekit.url, self._livekit.api_key, self._livekit.api_secret
+                ) as livekit_api,
+            ):
                 await livekit_api.room.remove_participant(
-                    api.RoomParticipantIdentity(room=room.name, identity=self.avatar_identity)
+                    api.RoomParticipantIdentity(room=room_name, identity=self.avatar_identity)
                 )
-            except api.TwirpError as error:
-                if error.code != "not_found":
-                    logger.warning("could not remove the avatar participant: %s", error.message)
+        except api.TwirpError as error:
+            if error.code != "not_found":
+                logger.warning("could not remove the avatar participant: %s", error.message)
+        except (TimeoutError, OSError, aiohttp.ClientError) as error:
+            logger.warning("could not remove the avatar participant: %r", error)
 
 
 def _agent_identity(room: rtc.Room) -> str:

@@ -9,9 +9,7 @@ from datetime import timedelta
 from livekit import api
 
 
-def user_token(
-    *, api_key: str, api_secret: str, room: str, agent_name: str, identity: str
-) -> str:
+def user_token(*, api_key: str, api_secret: str, room: str, agent_name: str, identity: str) -> str:
     return (
         api.AccessToken(api_key, api_secret)
         .with_identity(identity)

@@ -1,0 +1,151 @@
+"""The agent worker as a real process (`python agent.py start`), with its JSON log lines as events."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from tests.support.livekit_server import LiveKitServer
+
+AGENT_SCRIPT = Path(__file__).resolve().parents[2] / "agent.py"
+
+LogRecord = dict[str, Any]
+
+
+def worker_environment(
+    server: LiveKitServer, agent_name: str, extra: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """Only what the worker needs: nothing from the developer's shell or `.env` leaks in."""
+    return {
+        "PATH": os.environ["PATH"],
+        "HOME": os.environ.get("HOME", "/tmp"),
+        "LIVEKIT_URL": server.ws_url,
+        "LIVEKIT_API_KEY": server.api_key,
+        "LIVEKIT_API_SECRET": server.api_secret,
+        "AGENT_NAME": agent_name,
+        "AGENT_HTTP_PORT": "0",
+        # Tests share two cores with the server and the avatars: do not let a busy CPU refuse jobs.
+        "AGENT_LOAD_THRESHOLD": "1",
+        **(extra or {}),
+    }
+
+
+class WorkerProcess:
+    """Starts the worker, follows its log, and stops it with nothing left behind."""
+
+    def __init__(self, env: Mapping[str, str], *, cwd: Path) -> None:
+        self._env = dict(env)
+        self._cwd = cwd
+        self._process: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self.records: list[LogRecord] = []
+        self.raw_output: list[str] = []
+        self._changed = asyncio.Condition()
+
+    @property
+    def pid(self) -> int:
+        assert self._process is not None
+        return self._process.pid
+
+    async def start(self, *, register_timeout: float = 60.0) -> LogRecord:
+        """Start and wait for the worker to register with LiveKit; returns that log record."""
+        self._process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(AGENT_SCRIPT),
+            "start",
+            cwd=self._cwd,
+            env=self._env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self._reader = asyncio.create_task(self._read_output())
+        return await self.wait_for_log(
+            lambda r: r.get("message") == "registered worker", timeout=register_timeout
+        )
+
+    async def _read_output(self) -> None:
+        assert self._process is not None and self._process.stdout is not None
+        async for raw in self._process.stdout:
+            line = raw.decode(errors="replace").rstrip()
+            self.raw_output.append(line)
+            with (self._cwd / f"worker-{self.pid}.log").open("a") as log:
+                log.write(line + "\n")
+            with contextlib.suppress(ValueError):
+                record = json.loads(line)
+                if isinstance(record, dict):
+                    self.records.append(record)
+            async with self._changed:
+                self._changed.notify_all()
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def wait_for_log(
+        self, predicate: Callable[[LogRecord], bool], *, timeout: float
+    ) -> LogRecord:
+        """The first log record that matches, waiting for new output (not polling) up to `timeout`."""
+        async with asyncio.timeout(timeout), self._changed:
+            while True:
+                for record in self.records:
+                    if predicate(record):
+                        return record
+                if self._process is not None and self._process.returncode is not None:
+                    raise AssertionError(
+                        "worker exited before the expected log line:\n" + self.output_tail()
+                    )
+                await self._changed.wait()
+
+    def logs_for_room(self, room: str) -> list[LogRecord]:
+        return [r for r in self.records if r.get("room") == room]
+
+    def output_tail(self, lines: int = 40) -> str:
+        return "\n".join(line[:400] for line in self.raw_output[-lines:])
+
+    def descendants(self) -> list[psutil.Process]:
+        try:
+            children: list[psutil.Process] = psutil.Process(self.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+        return children
+
+    async def stop(self, *, timeout: float = 30.0) -> int:
+        """SIGTERM (the worker drains), then SIGKILL of the whole group if it overstays.
+
+        Returns the exit code. Raises if any process of the worker outlives it.
+        """
+        process = self._process
+        if process is None:
+            return 0
+        if process.returncode is not None and self._reader is None:
+            return process.returncode
+        family = self.descendants()
+        with contextlib.suppress(psutil.NoSuchProcess):
+            family.append(psutil.Process(process.pid))
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(process.wait(), timeout)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                await process.wait()
+        if self._reader is not None:
+            await self._reader
+            self._reader = None
+        _, alive = psutil.wait_procs(family, timeout=10)
+        for leftover in alive:
+            leftover.kill()
+        if alive:
+            raise AssertionError(f"worker processes outlived the worker: {alive}")
+        assert process.returncode is not None
+        return process.returncode

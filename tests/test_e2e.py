@@ -1,0 +1,310 @@
+"""End to end: a real livekit-server, the worker as a real process, a user in the room.
+
+For each provider (local, and LemonSlice / Anam through their emulators, whose avatars really join),
+the avatar must join with the identity, kind and publish-on-behalf attribute we minted, show video the
+user decodes, speak the agent's greeting the user hears, and leave with the job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+from livekit import api, rtc
+
+from tests.support.avatar_launcher import LocalAvatarLauncher
+from tests.support.emulators import AnamEmulator, EmulatorServer, LemonSliceEmulator
+from tests.support.livekit_server import LiveKitServer, connect_participant, server_api
+from tests.support.room_user import RoomUser
+from tests.support.worker import LogRecord, WorkerProcess, worker_environment
+
+pytestmark = pytest.mark.e2e
+
+LEMONSLICE_KEY = "ls-e2e-key-never-logged"
+ANAM_KEY = "anam-e2e-key-never-logged"
+AUDIBLE_RMS = 300.0  # int16 units; eSpeak's speech is in the thousands, silence is 0
+PUBLISH_ON_BEHALF = "lk.publish_on_behalf"
+
+
+@dataclass
+class Deployment:
+    """One worker configured for one provider, and the provider's emulator if it has one."""
+
+    provider: str
+    agent_name: str
+    worker: WorkerProcess
+    avatar_identity: str
+    sample_rate: int
+    emulator: EmulatorServer | None
+    launcher: LocalAvatarLauncher | None
+
+
+@pytest.fixture(params=["local", "lemonslice", "anam"])
+async def deployment(
+    request: pytest.FixtureRequest, livekit_server: LiveKitServer, tmp_path: Path
+) -> AsyncIterator[Deployment]:
+    provider: str = request.param
+    agent_name = f"e2e-{provider}-{uuid.uuid4().hex[:6]}"
+    launcher = LocalAvatarLauncher() if provider != "local" else None
+    emulator: EmulatorServer | None = None
+    extra: dict[str, str] = {"AVATAR_PROVIDER": provider}
+    if provider == "lemonslice":
+        emulator = LemonSliceEmulator(api_key=LEMONSLICE_KEY, avatar_launcher=launcher)
+        await emulator.start()
+        extra |= {
+            "LEMONSLICE_API_KEY": LEMONSLICE_KEY,
+            "LEMONSLICE_API_URL": emulator.sessions_url,
+            "LEMONSLICE_AGENT_ID": "agent-e2e",
+        }
+        identity, rate = "lemonslice-avatar-agent", 16000
+    elif provider == "anam":
+        emulator = AnamEmulator(api_key=ANAM_KEY, avatar_launcher=launcher)
+        await emulator.start()
+        extra |= {"ANAM_API_KEY": ANAM_KEY, "ANAM_API_URL": emulator.url, "ANAM_AVATAR_ID": "av-1"}
+        identity, rate = "anam-avatar-agent", 24000
+    else:
+        identity, rate = "local-avatar-agent", 24000
+    worker = WorkerProcess(worker_environment(livekit_server, agent_name, extra), cwd=tmp_path)
+    try:
+        await worker.start()
+        yield Deployment(provider, agent_name, worker, identity, rate, emulator, launcher)
+        assert await worker.stop() == 0, worker.output_tail()
+    finally:
+        await worker.stop()
+        if emulator is not None:
+            await emulator.aclose()
+    for secret in (LEMONSLICE_KEY, ANAM_KEY, livekit_server.api_secret):
+        assert not any(secret in line for line in worker.raw_output)
+
+
+def _job_request_for(room: str) -> Callable[[LogRecord], bool]:
+    return lambda record: (
+        record.get("message") == "received job request" and record.get("room") == room
+    )
+
+
+def _logged_in(room: str, message: str) -> Callable[[LogRecord], bool]:
+    return lambda record: record.get("message") == message and record.get("room") == room
+
+
+async def _worker_that_took(workers: list[WorkerProcess], room: str) -> int:
+    waits = [
+        asyncio.create_task(w.wait_for_log(_job_request_for(room), timeout=60)) for w in workers
+    ]
+    try:
+        done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        winner = done.pop()
+        winner.result()  # a worker that died or timed out fails the test here
+        return waits.index(winner)
+    finally:
+        for task in waits:
+            task.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)
+
+
+async def dispatch(server: LiveKitServer, agent_name: str, room: str) -> None:
+    async with server_api(server) as lk:
+        await lk.agent_dispatch.create_dispatch(
+            api.CreateAgentDispatchRequest(agent_name=agent_name, room=room)
+        )
+
+
+async def twirp_status(server: LiveKitServer, token: str, method: str, body: dict[str, str]) -> int:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"{server.http_url}/twirp/livekit.RoomService/{method}",
+            json=body,
+            headers={"Authorization": f"Bearer {token}"},
+        ) as response,
+    ):
+        return response.status
+
+
+async def test_avatar_joins_shows_video_speaks_and_leaves_with_the_job(
+    deployment: Deployment,
+    livekit_server: LiveKitServer,
+) -> None:
+    room = f"room-{deployment.provider}-{uuid.uuid4().hex[:8]}"
+    observer = RoomUser(
+        await connect_participant(
+            livekit_server,
+            room,
+            "observer",
+            grants=api.VideoGrants(room_join=True, room=room, hidden=True, can_publish=False),
+        )
+    )
+    user = await RoomUser.join(livekit_server, room)
+    try:
+        dispatched_at = time.monotonic()
+        await dispatch(livekit_server, deployment.agent_name, room)
+
+        # the agent, then its avatar: kind agent, speaking for the agent
+        agent = await user.wait_for_participant(
+            kind=rtc.ParticipantKind.PARTICIPANT_KIND_AGENT, not_identity=deployment.avatar_identity
+        )
+        avatar = await user.wait_for_participant(identity=deployment.avatar_identity)
+        assert avatar.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT
+        assert avatar.attributes.get(PUBLISH_ON_BEHALF) == agent.identity
+
+        # video the user decodes, and the greeting the user hears from the avatar
+        frame = await user.first_video_frame(deployment.avatar_identity)
+        assert (frame.width, frame.height) == (640, 480)
+        print(
+            f"\n[{deployment.provider}] dispatch -> first avatar video frame: "
+            f"{frame.received_at - dispatched_at:.2f}s"
+        )
+        loudest = await user.loudest_audio(deployment.avatar_identity, threshold=AUDIBLE_RMS)
+        assert loudest >= AUDIBLE_RMS
+        # the agent's speech went to the avatar, not out on a track of the agent's own
+        assert all(p.kind != rtc.TrackKind.KIND_AUDIO for p in agent.track_publications.values()), (
+            "the agent published its own audio while the avatar was up"
+        )
+
+        if deployment.launcher is not None:
+            launched = deployment.launcher.launched[-1].participant
+            assert launched.stats.segments_started >= 1
+            assert deployment.sample_rate in launched.stats.input_sample_rates
+            await _check_token_is_narrow(livekit_server, deployment, room)
+
+        # the user leaves: the job ends, the avatar leaves, the provider session is ended
+        await user.leave()
+        await observer.wait_until_gone(deployment.avatar_identity, timeout=30)
+        await observer.wait_until_gone(agent.identity, timeout=30)
+        if isinstance(deployment.emulator, LemonSliceEmulator):
+            terminate = deployment.emulator.requests_for("control")
+            assert [r.json for r in terminate] == [{"event": "terminate"}]
+        if deployment.emulator is not None:
+            assert deployment.emulator.active_sessions == ()
+            assert len(deployment.emulator.sessions) == 1  # no duplicate, billed session
+        if deployment.launcher is not None:
+            assert deployment.launcher.launched[-1].participant.closed
+            await _check_token_publishes_only_camera_and_microphone(livekit_server, deployment)
+    finally:
+        await user.leave()
+        await observer.leave()
+
+
+async def _check_token_is_narrow(server: LiveKitServer, deployment: Deployment, room: str) -> None:
+    """The token the provider received: one room, no admin rights (the server itself refuses them)."""
+    assert deployment.emulator is not None
+    token = deployment.emulator.sessions[-1].launch.livekit_token
+    claims = api.TokenVerifier(server.api_key, server.api_secret).verify(token)
+    assert claims.video is not None and claims.video.room == room
+    assert claims.identity == deployment.avatar_identity
+    for method, body in (
+        ("ListRooms", {}),
+        ("CreateRoom", {"name": "not-yours"}),
+        ("ListParticipants", {"room": room}),
+        ("RemoveParticipant", {"room": room, "identity": "user"}),
+    ):
+        assert await twirp_status(server, token, method, body) in (401, 403), method
+
+
+async def _check_token_publishes_only_camera_and_microphone(
+    server: LiveKitServer, deployment: Deployment
+) -> None:
+    """Rejoin with the avatar's own token (the avatar is gone): the server lets it publish a camera
+    track, and refuses a screen share."""
+    assert deployment.emulator is not None
+    token = deployment.emulator.sessions[-1].launch.livekit_token
+    room = rtc.Room()
+    await room.connect(server.ws_url, token, rtc.RoomOptions(auto_subscribe=False))
+    try:
+        source = rtc.VideoSource(64, 64)
+        camera = rtc.LocalVideoTrack.create_video_track("camera", source)
+        await room.local_participant.publish_track(
+            camera, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_CAMERA)
+        )
+        screen = rtc.LocalVideoTrack.create_video_track("screen", source)
+        # livekit-server v1.13.5 does not answer a publication the token forbids: the client times out
+        with pytest.raises(Exception, match=r"(?i)timed out|permission|not allowed|denied"):
+            await room.local_participant.publish_track(
+                screen, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_SCREENSHARE)
+            )
+        async with server_api(server) as lk:
+            seen = await lk.room.get_participant(
+                api.RoomParticipantIdentity(room=room.name, identity=deployment.avatar_identity)
+            )
+        assert [track.source for track in seen.tracks] == [api.TrackSource.CAMERA]
+    finally:
+        await room.disconnect()
+
+
+async def test_a_failing_provider_leaves_the_agent_speaking_in_its_own_voice(
+    livekit_server: LiveKitServer,
+    tmp_path: Path,
+) -> None:
+    """livekit/agents#7276: the avatar fails (here: the provider refuses the key); the user still hears the agent."""
+    async with LemonSliceEmulator(api_key="the-right-key") as emulator:
+        agent_name = f"e2e-fallback-{uuid.uuid4().hex[:6]}"
+        env = worker_environment(
+            livekit_server,
+            agent_name,
+            {
+                "AVATAR_PROVIDER": "lemonslice",
+                "LEMONSLICE_API_KEY": LEMONSLICE_KEY,
+                "LEMONSLICE_API_URL": emulator.sessions_url,
+                "LEMONSLICE_AGENT_ID": "agent-e2e",
+            },
+        )
+        worker = WorkerProcess(env, cwd=tmp_path)
+        try:
+            await worker.start()
+            room = f"room-fallback-{uuid.uuid4().hex[:8]}"
+            user = await RoomUser.join(livekit_server, room)
+            try:
+                await dispatch(livekit_server, agent_name, room)
+                agent = await user.wait_for_participant(
+                    kind=rtc.ParticipantKind.PARTICIPANT_KIND_AGENT
+                )
+                loudest = await user.loudest_audio(agent.identity, threshold=AUDIBLE_RMS)
+                assert loudest >= AUDIBLE_RMS
+                assert [r.status for r in emulator.requests] == [401]
+                assert "lemonslice-avatar-agent" not in user.room.remote_participants
+                await worker.wait_for_log(
+                    lambda r: "AuthenticationError" in str(r.get("error_type")), timeout=5
+                )
+            finally:
+                await user.leave()
+        finally:
+            await worker.stop()
+
+
+async def test_two_workers_share_ten_dispatches(
+    livekit_server: LiveKitServer,
+    tmp_path: Path,
+) -> None:
+    agent_name = f"e2e-pair-{uuid.uuid4().hex[:6]}"
+    env = worker_environment(livekit_server, agent_name, {"AVATAR_PROVIDER": "local"})
+    workers = [WorkerProcess(env, cwd=tmp_path) for _ in range(2)]
+    try:
+        await asyncio.gather(*(w.start() for w in workers))
+        rooms = [f"room-pair-{i}-{uuid.uuid4().hex[:6]}" for i in range(10)]
+        async with server_api(livekit_server) as lk:
+            served: dict[str, int] = {}
+            for room in rooms:
+                # one job at a time, each ended before the next: two cores cannot run ten avatars at once
+                await lk.agent_dispatch.create_dispatch(
+                    api.CreateAgentDispatchRequest(agent_name=agent_name, room=room)
+                )
+                taker = await _worker_that_took(workers, room)
+                served[room] = taker
+                await workers[taker].wait_for_log(_logged_in(room, "avatar joined"), timeout=60)
+                await lk.room.delete_room(api.DeleteRoomRequest(room=room))
+                await workers[taker].wait_for_log(
+                    _logged_in(room, "local avatar session closed"), timeout=60
+                )
+        per_worker = [list(served.values()).count(i) for i in range(2)]
+        print(f"\ndispatches per worker: {per_worker}")
+        assert sum(per_worker) == 10
+        assert min(per_worker) >= 1, per_worker
+    finally:
+        for worker in workers:
+            await worker.stop()
