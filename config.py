@@ -185,7 +185,7 @@ def _cross_field_problems(settings: Settings) -> list[str]:
     problems: list[str] = []
     for name in ("livekit_url", "livekit_api_key", "livekit_api_secret"):
         if getattr(settings, name) is None:
-            problems.append(f"{name.upper()}: missing (needed to mint the avatar's token)")
+            problems.append(f"{name.upper()}: missing (the worker connects to LiveKit with it)")
 
     provider, ambiguity = _resolve_provider(settings)
     if ambiguity:

@@ -18,6 +18,7 @@ import aiohttp
 import pytest
 from livekit import api, rtc
 
+from scripts.join_local import user_token
 from tests.support.avatar_launcher import LocalAvatarLauncher
 from tests.support.emulators import AnamEmulator, EmulatorServer, LemonSliceEmulator
 from tests.support.livekit_server import LiveKitServer, connect_participant, server_api
@@ -167,11 +168,21 @@ async def test_avatar_joins_shows_video_speaks_and_leaves_with_the_job(
             "the agent published its own audio while the avatar was up"
         )
 
+        # the greeting reached the avatar over lk.audio_stream at the provider's sample rate
         if deployment.launcher is not None:
             launched = deployment.launcher.launched[-1].participant
             assert launched.stats.segments_started >= 1
-            assert deployment.sample_rate in launched.stats.input_sample_rates
+            assert launched.stats.input_sample_rates == (deployment.sample_rate,)
             await _check_token_is_narrow(livekit_server, deployment, room)
+        else:  # the local avatar runs inside the job: it says so in the worker's log
+            await deployment.worker.wait_for_log(
+                _logged_in(
+                    room,
+                    f"local avatar {deployment.avatar_identity} receives speech at "
+                    f"{deployment.sample_rate} Hz",
+                ),
+                timeout=5,
+            )
 
         # the user leaves: the job ends, the avatar leaves, the provider session is ended
         await user.leave()
@@ -235,6 +246,35 @@ async def _check_token_publishes_only_camera_and_microphone(
         assert [track.source for track in seen.tracks] == [api.TrackSource.CAMERA]
     finally:
         await room.disconnect()
+
+
+async def test_the_quick_start_token_dispatches_the_agent_on_join(
+    livekit_server: LiveKitServer, tmp_path: Path
+) -> None:
+    """scripts/run-local.sh prints a token from scripts/join_local.py: joining with it brings the agent."""
+    agent_name = f"e2e-quick-{uuid.uuid4().hex[:6]}"
+    worker = WorkerProcess(worker_environment(livekit_server, agent_name), cwd=tmp_path)
+    room_name = f"room-quick-{uuid.uuid4().hex[:8]}"
+    token = user_token(
+        api_key=livekit_server.api_key,
+        api_secret=livekit_server.api_secret,
+        room=room_name,
+        agent_name=agent_name,
+        identity="you",
+    )
+    try:
+        await worker.start()
+        room = rtc.Room()
+        await room.connect(livekit_server.ws_url, token)
+        user = RoomUser(room)
+        try:
+            await user.wait_for_participant(identity="local-avatar-agent", timeout=60)
+            frame = await user.first_video_frame("local-avatar-agent")
+            assert frame.width > 0
+        finally:
+            await user.leave()
+    finally:
+        await worker.stop()
 
 
 async def test_a_failing_provider_leaves_the_agent_speaking_in_its_own_voice(
