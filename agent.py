@@ -10,6 +10,7 @@ Every room job: connect -> build the voice -> send the avatar in -> start the co
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 
@@ -62,11 +63,22 @@ async def entrypoint(ctx: JobContext) -> None:
     await run_job(ctx, settings, build_voice(settings))
 
 
+def job_count_load(server: AgentServer, *, max_jobs: int) -> float:
+    """Load as the share of job slots in use (LiveKit stops sending jobs at 1.0)."""
+    return min(1.0, len(server.active_jobs) / max_jobs)
+
+
 def create_server(settings: Settings) -> AgentServer:
+    by_job_count = settings.agent_max_jobs is not None
     server = AgentServer(
         ws_url=settings.livekit_url,
         port=settings.agent_http_port,
-        load_threshold=settings.agent_load_threshold,
+        load_threshold=1.0 if by_job_count else settings.agent_load_threshold,
+        load_fnc=(
+            functools.partial(job_count_load, max_jobs=settings.agent_max_jobs)
+            if settings.agent_max_jobs is not None
+            else None
+        ),
         api_key=settings.livekit_api_key.get_secret_value() if settings.livekit_api_key else None,
         api_secret=(
             settings.livekit_api_secret.get_secret_value() if settings.livekit_api_secret else None

@@ -81,6 +81,9 @@ class Settings(BaseModel):
     agent_http_port: int = Field(default=8081, ge=0, le=65535)
     # CPU load (0-1) at which the worker stops taking jobs (livekit-agents' production default).
     agent_load_threshold: float = Field(default=0.7, gt=0, le=1)
+    # Capacity by job count instead of CPU: the worker's load is running jobs / this, and it takes
+    # no job beyond it. Unset: livekit-agents' CPU-based load.
+    agent_max_jobs: int | None = Field(default=None, ge=1, le=1000)
 
     # LemonSlice
     lemonslice_api_key: SecretStr | None = None

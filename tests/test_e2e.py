@@ -20,6 +20,7 @@ from livekit import api, rtc
 
 from scripts.join_local import user_token
 from tests.support.avatar_launcher import LocalAvatarLauncher
+from tests.support.dispatch import dispatch_to_workers
 from tests.support.emulators import AnamEmulator, EmulatorServer, LemonSliceEmulator
 from tests.support.livekit_server import LiveKitServer, connect_participant, server_api
 from tests.support.room_user import RoomUser
@@ -84,36 +85,8 @@ async def deployment(
         assert not any(secret in line for line in worker.raw_output)
 
 
-def _job_request_for(room: str) -> Callable[[LogRecord], bool]:
-    return lambda record: (
-        record.get("message") == "received job request" and record.get("room") == room
-    )
-
-
 def _logged_in(room: str, message: str) -> Callable[[LogRecord], bool]:
     return lambda record: record.get("message") == message and record.get("room") == room
-
-
-async def _worker_that_took(workers: list[WorkerProcess], room: str) -> int:
-    waits = [
-        asyncio.create_task(w.wait_for_log(_job_request_for(room), timeout=60)) for w in workers
-    ]
-    try:
-        done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        winner = done.pop()
-        winner.result()  # a worker that died or timed out fails the test here
-        return waits.index(winner)
-    finally:
-        for task in waits:
-            task.cancel()
-        await asyncio.gather(*waits, return_exceptions=True)
-
-
-async def dispatch(server: LiveKitServer, agent_name: str, room: str) -> None:
-    async with server_api(server) as lk:
-        await lk.agent_dispatch.create_dispatch(
-            api.CreateAgentDispatchRequest(agent_name=agent_name, room=room)
-        )
 
 
 async def twirp_status(server: LiveKitServer, token: str, method: str, body: dict[str, str]) -> int:
@@ -144,7 +117,8 @@ async def test_avatar_joins_shows_video_speaks_and_leaves_with_the_job(
     user = await RoomUser.join(livekit_server, room)
     try:
         dispatched_at = time.monotonic()
-        await dispatch(livekit_server, deployment.agent_name, room)
+        async with server_api(livekit_server) as lk:
+            await dispatch_to_workers(lk, deployment.agent_name, room, [deployment.worker])
 
         # the agent, then its avatar: kind agent, speaking for the agent
         agent = await user.wait_for_participant(
@@ -300,7 +274,8 @@ async def test_a_failing_provider_leaves_the_agent_speaking_in_its_own_voice(
             room = f"room-fallback-{uuid.uuid4().hex[:8]}"
             user = await RoomUser.join(livekit_server, room)
             try:
-                await dispatch(livekit_server, agent_name, room)
+                async with server_api(livekit_server) as lk:
+                    await dispatch_to_workers(lk, agent_name, room, [worker])
                 agent = await user.wait_for_participant(
                     kind=rtc.ParticipantKind.PARTICIPANT_KIND_AGENT
                 )
@@ -331,10 +306,7 @@ async def test_two_workers_share_ten_dispatches(
             served: dict[str, int] = {}
             for room in rooms:
                 # one job at a time, each ended before the next: two cores cannot run ten avatars at once
-                await lk.agent_dispatch.create_dispatch(
-                    api.CreateAgentDispatchRequest(agent_name=agent_name, room=room)
-                )
-                taker = await _worker_that_took(workers, room)
+                taker = await dispatch_to_workers(lk, agent_name, room, workers)
                 served[room] = taker
                 await workers[taker].wait_for_log(_logged_in(room, "avatar joined"), timeout=60)
                 await lk.room.delete_room(api.DeleteRoomRequest(room=room))

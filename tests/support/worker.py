@@ -33,8 +33,10 @@ def worker_environment(
         "LIVEKIT_API_SECRET": server.api_secret,
         "AGENT_NAME": agent_name,
         "AGENT_HTTP_PORT": "0",
-        # Tests share two cores with the server and the avatars: do not let a busy CPU refuse jobs.
-        "AGENT_LOAD_THRESHOLD": "1",
+        # Tests share two cores with the server, the avatars and the user. With the default CPU-based
+        # load the worker reports 1.0 at times, and livekit-server then drops a dispatch outright
+        # ("no servers available"): capacity by job count keeps dispatch deterministic.
+        "AGENT_MAX_JOBS": "8",
         **(extra or {}),
     }
 
