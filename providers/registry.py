@@ -53,15 +53,14 @@ def avatar_options(settings: Settings, default_identity: str) -> AvatarOptions:
 
 def _lemonslice(settings: Settings, session: aiohttp.ClientSession) -> ProviderAvatarSession:
     assert settings.lemonslice_api_key is not None
-    http = ProviderHttp(
-        session,
-        provider=lemonslice_api.PROVIDER,
-        policy=retry_policy(settings),
-        read_error_text=lemonslice_api.read_error_text,
-    )
     return LemonSliceAvatarSession(
         api=lemonslice_api.LemonSliceAPI(
-            http,
+            ProviderHttp(
+                session,
+                provider=lemonslice_api.PROVIDER,
+                policy=retry_policy(settings),
+                read_error_text=lemonslice_api.read_error_text,
+            ),
             api_key=settings.lemonslice_api_key.get_secret_value(),
             api_url=settings.lemonslice_api_url,
         ),
@@ -79,16 +78,17 @@ def _lemonslice(settings: Settings, session: aiohttp.ClientSession) -> ProviderA
 
 def _anam(settings: Settings, session: aiohttp.ClientSession) -> ProviderAvatarSession:
     assert settings.anam_api_key is not None and settings.anam_avatar_id is not None
-    http = ProviderHttp(
-        session,
-        provider=anam_api.PROVIDER,
-        policy=retry_policy(settings),
-        read_error_text=anam_api.read_error_text,
-        is_quota_exceeded=anam_api.is_hard_limit,
-    )
     return AnamAvatarSession(
         api=anam_api.AnamAPI(
-            http, api_key=settings.anam_api_key.get_secret_value(), api_url=settings.anam_api_url
+            ProviderHttp(
+                session,
+                provider=anam_api.PROVIDER,
+                policy=retry_policy(settings),
+                read_error_text=anam_api.read_error_text,
+                is_quota_exceeded=anam_api.is_hard_limit,
+            ),
+            api_key=settings.anam_api_key.get_secret_value(),
+            api_url=settings.anam_api_url,
         ),
         persona=anam_api.PersonaConfig(
             name=settings.anam_persona_name,

@@ -4,12 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v uv >/dev/null 2>&1; then
-    python3 -m pip install --quiet --user "uv==0.13.9"
-    export PATH="$HOME/.local/bin:$PATH"
-fi
-uv sync --locked --quiet
-scripts/livekit-server.sh install >/dev/null
+source scripts/bootstrap.sh
 
 pids=()
 cleanup() {

@@ -24,7 +24,7 @@ from tests.support.dispatch import dispatch_to_workers
 from tests.support.emulators import AnamEmulator, EmulatorServer, LemonSliceEmulator
 from tests.support.livekit_server import LiveKitServer, connect_participant, server_api
 from tests.support.room_user import RoomUser
-from tests.support.worker import LogRecord, WorkerProcess, worker_environment
+from tests.support.worker import LogRecord, WorkerProcess, running_worker, worker_environment
 
 pytestmark = pytest.mark.e2e
 
@@ -227,7 +227,6 @@ async def test_the_quick_start_token_dispatches_the_agent_on_join(
 ) -> None:
     """scripts/run-local.sh prints a token from scripts/join_local.py: joining with it brings the agent."""
     agent_name = f"e2e-quick-{uuid.uuid4().hex[:6]}"
-    worker = WorkerProcess(worker_environment(livekit_server, agent_name), cwd=tmp_path)
     room_name = f"room-quick-{uuid.uuid4().hex[:8]}"
     token = user_token(
         api_key=livekit_server.api_key,
@@ -236,8 +235,7 @@ async def test_the_quick_start_token_dispatches_the_agent_on_join(
         agent_name=agent_name,
         identity="you",
     )
-    try:
-        await worker.start()
+    async with running_worker(livekit_server, agent_name, tmp_path):
         room = rtc.Room()
         await room.connect(livekit_server.ws_url, token)
         user = RoomUser(room)
@@ -247,8 +245,6 @@ async def test_the_quick_start_token_dispatches_the_agent_on_join(
             assert frame.width > 0
         finally:
             await user.leave()
-    finally:
-        await worker.stop()
 
 
 async def test_a_failing_provider_leaves_the_agent_speaking_in_its_own_voice(
@@ -258,19 +254,13 @@ async def test_a_failing_provider_leaves_the_agent_speaking_in_its_own_voice(
     """livekit/agents#7276: the avatar fails (here: the provider refuses the key); the user still hears the agent."""
     async with LemonSliceEmulator(api_key="the-right-key") as emulator:
         agent_name = f"e2e-fallback-{uuid.uuid4().hex[:6]}"
-        env = worker_environment(
-            livekit_server,
-            agent_name,
-            {
-                "AVATAR_PROVIDER": "lemonslice",
-                "LEMONSLICE_API_KEY": LEMONSLICE_KEY,
-                "LEMONSLICE_API_URL": emulator.sessions_url,
-                "LEMONSLICE_AGENT_ID": "agent-e2e",
-            },
-        )
-        worker = WorkerProcess(env, cwd=tmp_path)
-        try:
-            await worker.start()
+        provider = {
+            "AVATAR_PROVIDER": "lemonslice",
+            "LEMONSLICE_API_KEY": LEMONSLICE_KEY,
+            "LEMONSLICE_API_URL": emulator.sessions_url,
+            "LEMONSLICE_AGENT_ID": "agent-e2e",
+        }
+        async with running_worker(livekit_server, agent_name, tmp_path, provider) as worker:
             room = f"room-fallback-{uuid.uuid4().hex[:8]}"
             user = await RoomUser.join(livekit_server, room)
             try:
@@ -288,8 +278,6 @@ async def test_a_failing_provider_leaves_the_agent_speaking_in_its_own_voice(
                 )
             finally:
                 await user.leave()
-        finally:
-            await worker.stop()
 
 
 async def test_two_workers_share_ten_dispatches(

@@ -8,7 +8,7 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,19 @@ def worker_environment(
         "AGENT_MAX_JOBS": "8",
         **(extra or {}),
     }
+
+
+@contextlib.asynccontextmanager
+async def running_worker(
+    server: LiveKitServer, agent_name: str, cwd: Path, extra: Mapping[str, str] | None = None
+) -> AsyncIterator[WorkerProcess]:
+    """A registered worker for `agent_name`, stopped (and checked for leftovers) on exit."""
+    worker = WorkerProcess(worker_environment(server, agent_name, extra), cwd=cwd)
+    try:
+        await worker.start()
+        yield worker
+    finally:
+        await worker.stop()
 
 
 class WorkerProcess:
