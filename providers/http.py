@@ -188,7 +188,8 @@ class ProviderHttp:
                 raw = await response.read()
                 request_id = _request_id(response.headers)
                 if not 200 <= response.status < 300:
-                    raise self._status_error(operation, response, raw, request_id)
+                    error = self._status_error(operation, response, raw, request_id)
+                    raise _without_credentials(error, headers)
                 return self._decode(operation, response.status, raw, request_id, required)
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as error:
             raise ProviderConnectionError(
@@ -308,6 +309,27 @@ class ProviderHttp:
             orphan.reason,
             extra={"provider": self.provider, "operation": operation, "possible_orphan": True},
         )
+
+
+CREDENTIAL_HEADERS = ("authorization", "x-api-key")
+
+
+def _without_credentials(
+    error: ProviderStatusError, headers: Mapping[str, str]
+) -> ProviderStatusError:
+    """A provider that echoes the key or token back in its error text must not put it in our logs."""
+    secrets = set()
+    for name, value in headers.items():
+        if name.lower() in CREDENTIAL_HEADERS and value:
+            secrets.add(value)
+            secrets.add(value.split(" ", 1)[-1])  # the token without its "Bearer " scheme
+    for secret in sorted(secrets, key=len, reverse=True):
+        if len(secret) >= 8:
+            error.message = error.message.replace(secret, "***")
+            if error.provider_message:
+                error.provider_message = error.provider_message.replace(secret, "***")
+                error.body = error.provider_message
+    return error
 
 
 def _request_id(headers: Mapping[str, str]) -> str | None:

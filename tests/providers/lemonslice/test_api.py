@@ -223,6 +223,17 @@ async def test_a_wrong_key_is_an_authentication_error_from_the_provider(
     assert "ls-wrong-key-never-logged" not in str(caught.value) + repr(caught.value)
 
 
+async def test_a_key_echoed_back_by_the_provider_is_not_repeated(
+    http_session: aiohttp.ClientSession, lemonslice_emulator: LemonSliceEmulator
+) -> None:
+    lemonslice_emulator.inject("create", StatusFault(403, f"key {LEMONSLICE_KEY} is suspended"))
+    with pytest.raises(PermissionDeniedError) as caught:
+        await start(client(http_session, lemonslice_emulator))
+    shown = str(caught.value) + repr(caught.value)
+    assert LEMONSLICE_KEY not in shown
+    assert caught.value.provider_message == "key *** is suspended"
+
+
 async def test_persistent_5xx_ends_with_the_last_status_and_text(
     http_session: aiohttp.ClientSession, lemonslice_emulator: LemonSliceEmulator
 ) -> None:
