@@ -22,6 +22,7 @@ done
 
 export LIVEKIT_URL=ws://127.0.0.1:7880 LIVEKIT_API_KEY=devkey LIVEKIT_API_SECRET=secret
 export AVATAR_PROVIDER="${AVATAR_PROVIDER:-local}" AGENT_NAME="${AGENT_NAME:-avatar-agent}"
+export AGENT_HTTP_PORT="${AGENT_HTTP_PORT:-0}"
 uv run python agent.py start &
 pids+=($!)
 
