@@ -42,6 +42,17 @@ QuotaDetector = Callable[[str | None], bool]
 
 
 @dataclass(frozen=True)
+class _Request:
+    method: str
+    url: str
+    payload: Mapping[str, Any] | None
+    headers: Mapping[str, str] = field(repr=False)
+    operation: str
+    creates_session: bool = False
+    required: str | None = None
+
+
+@dataclass(frozen=True)
 class PossibleOrphan:
     """A create call that may have started a provider session we hold no id for."""
 
@@ -80,43 +91,16 @@ class ProviderHttp:
         the provider is recorded in `possible_orphans` and logged before any retry.
         `deadline` (loop time) caps the call further, e.g. by the avatar start's own deadline.
         """
-        return await self._call(
-            "POST",
-            url,
-            payload,
-            headers,
-            operation,
-            creates_session=creates_session,
-            required=required,
-            deadline=deadline,
-        )
+        request = _Request("POST", url, payload, headers, operation, creates_session, required)
+        return await self._call(request, deadline)
 
     async def get_json(
         self, url: str, *, headers: Mapping[str, str], operation: str, deadline: float | None = None
     ) -> dict[str, Any]:
-        return await self._call(
-            "GET",
-            url,
-            None,
-            headers,
-            operation,
-            creates_session=False,
-            required=None,
-            deadline=deadline,
-        )
+        return await self._call(_Request("GET", url, None, headers, operation), deadline)
 
-    async def _call(
-        self,
-        method: str,
-        url: str,
-        payload: Mapping[str, Any] | None,
-        headers: Mapping[str, str],
-        operation: str,
-        *,
-        creates_session: bool,
-        required: str | None,
-        deadline: float | None,
-    ) -> dict[str, Any]:
+    async def _call(self, request: _Request, deadline: float | None) -> dict[str, Any]:
+        operation = request.operation
         loop = asyncio.get_running_loop()
         call_deadline = loop.time() + self.policy.call_deadline
         if deadline is not None:
@@ -127,22 +111,14 @@ class ProviderHttp:
             if remaining <= 0:
                 raise self._deadline_error(operation, attempt - 1)
             try:
-                return await self._attempt(
-                    method,
-                    url,
-                    payload,
-                    headers,
-                    operation,
-                    required,
-                    min(self.policy.attempt_timeout, remaining),
-                )
+                return await self._attempt(request, min(self.policy.attempt_timeout, remaining))
             except (
                 ProviderStatusError,
                 ProviderProtocolError,
                 ProviderConnectionError,
                 ProviderTimeoutError,
             ) as error:
-                if creates_session and error.may_have_reached:
+                if request.creates_session and error.may_have_reached:
                     self._record_orphan(operation, attempt, error)
                 if not error.retryable or attempt == self.policy.max_attempts:
                     raise
@@ -164,23 +140,15 @@ class ProviderHttp:
                 await asyncio.sleep(delay)
         raise AssertionError("unreachable: the loop returns or raises")
 
-    async def _attempt(
-        self,
-        method: str,
-        url: str,
-        payload: Mapping[str, Any] | None,
-        headers: Mapping[str, str],
-        operation: str,
-        required: str | None,
-        attempt_timeout: float,
-    ) -> dict[str, Any]:
+    async def _attempt(self, request: _Request, attempt_timeout: float) -> dict[str, Any]:
+        operation = request.operation
         sent = False
         try:
             async with self.session.request(
-                method,
-                url,
-                json=payload,
-                headers=dict(headers),
+                request.method,
+                request.url,
+                json=request.payload,
+                headers=dict(request.headers),
                 timeout=aiohttp.ClientTimeout(total=attempt_timeout),
                 allow_redirects=False,
             ) as response:
@@ -189,8 +157,8 @@ class ProviderHttp:
                 request_id = _request_id(response.headers)
                 if not 200 <= response.status < 300:
                     error = self._status_error(operation, response, raw, request_id)
-                    raise _without_credentials(error, headers)
-                return self._decode(operation, response.status, raw, request_id, required)
+                    raise _without_credentials(error, request.headers)
+                return self._decode(operation, response.status, raw, request_id, request.required)
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as error:
             raise ProviderConnectionError(
                 f"{self.provider} {operation}: could not connect ({type(error).__name__})",

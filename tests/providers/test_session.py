@@ -38,12 +38,6 @@ async def agent_room(livekit_server: LiveKitServer) -> AsyncIterator[rtc.Room]:
     await room.disconnect()
 
 
-@pytest.fixture
-async def http_session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
 @dataclass
 class Harness:
     """An agent connected to a real room, about to start a LemonSlice avatar through the registry."""

@@ -262,17 +262,25 @@ async def test_default_video_size_reaches_the_user(
         assert user.video_sizes[0] == (640, 480)
 
 
+async def play_part_of_a_long_segment(
+    session: AvatarRoom,
+) -> tuple[DataStreamAudioOutput, asyncio.Event]:
+    """Send a long tone and return once its playback started and part of it has been heard."""
+    output = session.audio_output(24000, wait_playback_start=True)
+    started = asyncio.Event()
+    output.on("playback_started", lambda _ev: started.set())
+    await play(output, tone_frames(24000, LONG_SEGMENT_S))
+    await asyncio.wait_for(started.wait(), TIMEOUT)
+    # No event marks "some audio was heard": this is the playback time the interruption cuts into.
+    await asyncio.sleep(PLAY_BEFORE_INTERRUPT_S)
+    return output, started
+
+
 async def test_clear_buffer_interrupts_the_segment(
     livekit_server: LiveKitServer,
 ) -> None:
     async with avatar_room(livekit_server) as session:
-        output = session.audio_output(24000, wait_playback_start=True)
-        started = asyncio.Event()
-        output.on("playback_started", lambda _ev: started.set())
-
-        await play(output, tone_frames(24000, LONG_SEGMENT_S))
-        await asyncio.wait_for(started.wait(), TIMEOUT)
-        await asyncio.sleep(PLAY_BEFORE_INTERRUPT_S)  # let part of the segment play out
+        output, started = await play_part_of_a_long_segment(session)
         output.clear_buffer()
         interrupted: PlaybackFinishedEvent = await asyncio.wait_for(
             output.wait_for_playout(), TIMEOUT
@@ -306,13 +314,7 @@ async def test_closing_mid_speech_reports_the_segment_interrupted(
     livekit_server: LiveKitServer,
 ) -> None:
     async with avatar_room(livekit_server) as session:
-        output = session.audio_output(24000, wait_playback_start=True)
-        started = asyncio.Event()
-        output.on("playback_started", lambda _ev: started.set())
-        await play(output, tone_frames(24000, LONG_SEGMENT_S))
-        await asyncio.wait_for(started.wait(), TIMEOUT)
-        await asyncio.sleep(PLAY_BEFORE_INTERRUPT_S)  # let part of the segment play out
-
+        output, _ = await play_part_of_a_long_segment(session)
         await session.avatar.aclose()
         finished: PlaybackFinishedEvent = await asyncio.wait_for(output.wait_for_playout(), TIMEOUT)
         assert finished.interrupted
