@@ -1,8 +1,7 @@
-# Sourced by scripts/*.sh: uv (from PyPI if absent), the locked environment, the livekit-server binary.
-if ! command -v uv >/dev/null 2>&1; then
-    python3 -m pip install --quiet --user "uv==0.13.9"
-    export PATH="$HOME/.local/bin:$PATH"
-fi
+# Sourced by scripts/*.sh: uv (a private copy if none is on PATH), the locked environment, the livekit-server binary.
+UV_BIN="$(scripts/ensure-uv.sh)"
+PATH="$(dirname "$UV_BIN"):$PATH"
+export PATH
 uv sync --locked --quiet
 LIVEKIT_SERVER_BIN="$(scripts/livekit-server.sh install)"
 export LIVEKIT_SERVER_BIN

@@ -7,21 +7,55 @@
 set -euo pipefail
 
 VERSION="v1.13.5"
-DIR="${LIVEKIT_SERVER_DIR:-$HOME/.cache/livekit-server/$VERSION}"
+DIR="${LIVEKIT_SERVER_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/livekit-server/$VERSION}"
 BIN="$DIR/server"
+
+# The build goes to a scratch folder and is renamed into place only once `go install` succeeded, so
+# "$BIN exists" always means "the build finished". The scratch folder goes on every exit: success,
+# failure, Ctrl-C or kill (SIGKILL cannot be trapped: the next install sweeps what it left).
+scratch=""
+build_pid=""
+remove_scratch() {
+    if [[ -n "$build_pid" ]]; then kill "$build_pid" 2>/dev/null || true; fi
+    if [[ -n "$scratch" ]]; then rm -rf "$scratch"; fi
+}
+trap remove_scratch EXIT
+trap 'remove_scratch; trap - INT; kill -INT $$' INT
+trap 'remove_scratch; trap - TERM; kill -TERM $$' TERM
 
 install_server() {
     if [[ -x "$BIN" ]]; then
         echo "$BIN"
         return
     fi
-    command -v go >/dev/null || { echo "go is required to build livekit-server" >&2; exit 1; }
+    command -v go >/dev/null || {
+        echo "livekit-server.sh: go is required to build livekit-server $VERSION (https://go.dev/dl/)" >&2
+        exit 1
+    }
     mkdir -p "$DIR"
-    # Build into a scratch GOBIN and rename, so "$BIN exists" always means "the build finished".
-    local scratch
+    # One build at a time per cache folder; a second caller waits, then finds the binary.
+    exec 9<"$DIR"
+    flock 9
+    if [[ -x "$BIN" ]]; then
+        echo "$BIN"
+        return
+    fi
+    rm -rf "$DIR"/.build.*  # left by a build that was killed outright
     scratch="$(mktemp -d "$DIR/.build.XXXXXX")"
-    trap 'rm -rf "$scratch"' EXIT
-    CGO_ENABLED=0 GOBIN="$scratch" go install "github.com/livekit/livekit-server/cmd/server@$VERSION" >&2
+    echo "livekit-server.sh: building livekit-server $VERSION with go install (once; a few minutes)" >&2
+    # In the background, so a signal is handled at once rather than after the build.
+    CGO_ENABLED=0 GOBIN="$scratch" go install "github.com/livekit/livekit-server/cmd/server@$VERSION" >&2 &
+    build_pid=$!
+    if ! wait "$build_pid"; then
+        build_pid=""
+        echo "livekit-server.sh: go install of livekit-server $VERSION failed (see above)" >&2
+        exit 1
+    fi
+    build_pid=""
+    if [[ ! -x "$scratch/server" ]]; then
+        echo "livekit-server.sh: go install finished but produced no 'server' binary" >&2
+        exit 1
+    fi
     mv -f "$scratch/server" "$BIN"
     echo "$BIN"
 }
