@@ -5,52 +5,87 @@
     python agent.py console         # talk to the agent in this terminal (no room, no avatar)
     python agent.py download-files  # fetch model files ahead of time (Docker build)
 
-Every room job: connect -> build the voice -> send the avatar in -> start the conversation -> greet.
+Every room job: the avatar's start and the conversation begin together, the agent's speech waits
+for the avatar's video (or goes out in the agent's own voice when there is no avatar), and the job,
+with every avatar session it started, ends when the conversation does.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import sys
+from collections.abc import Coroutine
+from typing import Any
 
-from livekit.agents import AgentServer, JobContext, cli
-from livekit.agents.utils import http_context
+from livekit.agents import AgentServer, JobContext, JobProcess, cli, utils
 
 from config import ConfigError, Settings, get_settings
-from providers.registry import create_avatar_session
+from providers.lifecycle import JobTimeline
+from providers.registry import avatar_for_job, provider_api_url
+from providers.supervisor import AvatarSupervisor, JobRoom
+from providers.warmup import ResolvedHost, resolve_provider_host
 from speech.pipeline import VoicePipeline, build_voice
 
 logger = logging.getLogger("avatar-agent")
 
 # Commands that connect to LiveKit and so need a complete configuration before anything starts.
 COMMANDS_NEEDING_CONFIG = frozenset({"dev", "start", "connect"})
+# What one job process keeps between prewarm, the job and its end (`JobProcess.userdata`).
+PREWARMED_PROVIDER = "prewarmed_provider_host"
+JOB_AVATAR = "job_avatar"
 
 
 async def run_job(ctx: JobContext, settings: Settings, voice: VoicePipeline) -> None:
     """The story of one room job."""
-    ctx.log_context_fields = {"room": ctx.room.name, "avatar_provider": settings.provider}
-    await ctx.connect()
-
+    room_name = ctx.job.room.name
+    timeline = JobTimeline(room=room_name, provider=settings.provider, received_at=_received(ctx))
+    ctx.log_context_fields = {"room": room_name, "avatar_provider": settings.provider}
     session = voice.create_session()
 
-    # The avatar joins with a token minted for this room only and speaks for the agent.
-    # If it cannot start or join in time, the agent keeps its own voice: the user is never left in silence.
-    # (`console` has no LiveKit room, so no avatar either.)
-    if ctx.room.isconnected():
-        avatar = create_avatar_session(settings, http_context.http_session())
-        ctx.add_shutdown_callback(avatar.aclose)
-        avatar_joined = await avatar.start_or_fall_back(session, ctx.room)
-        logger.info(
-            "avatar %s",
-            "joined" if avatar_joined else "unavailable: the agent speaks without it",
-            extra={"provider": settings.provider, "voice": voice.mode},
+    # The avatar's provider call needs the room's name and SID and the agent's identity, all in
+    # the job: it starts now, beside the room connection. Speech waits for the avatar's video; if
+    # the avatar cannot start, join or stay, the agent speaks in its own voice. (`console` has no
+    # LiveKit room, so no avatar either.)
+    avatar: AvatarSupervisor | None = None
+    if not ctx.is_fake_job():
+        avatar = avatar_for_job(
+            room=ctx.room,
+            job=JobRoom(room_name, ctx.job.room.sid or None, ctx.local_participant_identity),
+            settings=settings,
+            timeline=timeline,
+            connect=ctx.connect,
+            prewarmed=ctx.proc.userdata.get(PREWARMED_PROVIDER),
         )
+        avatar.attach(session)
+        ctx.proc.userdata[JOB_AVATAR] = avatar  # ended by end_of_session, before the room is left
+        ctx.add_shutdown_callback(avatar.aclose)
+        avatar.start()
 
-    # When the conversation is over (the user left), the job is over: the avatar leaves with it.
+    # When the conversation is over (the user left, the room went away), the job is over.
     session.on("close", lambda event: ctx.shutdown(reason=f"session closed: {event.reason}"))
-    await session.start(agent=voice.create_agent(), room=ctx.room)
-    await voice.greet(session)
+
+    async def connect() -> None:
+        await ctx.connect()
+        timeline.mark("connected")
+
+    await asyncio.gather(connect(), session.start(agent=voice.create_agent(), room=ctx.room))
+    timeline.mark("session_started")
+    if avatar is None:
+        timeline.avatar_settled()
+
+    # The greeting is synthesised while the avatar boots. It is not awaited: nothing in the job
+    # waits on speech, so the job can end at any moment.
+    _in_background(ctx, voice.greet(session), "greeting")
+
+
+async def end_of_session(ctx: JobContext) -> None:
+    """The session is over and the room not yet left: end the avatar's provider sessions now,
+    while the room's events can still show an avatar that is on its way in."""
+    avatar = ctx.proc.userdata.get(JOB_AVATAR)
+    if isinstance(avatar, AvatarSupervisor):
+        await avatar.aclose()
 
 
 async def entrypoint(ctx: JobContext) -> None:
@@ -63,28 +98,63 @@ async def entrypoint(ctx: JobContext) -> None:
     await run_job(ctx, settings, build_voice(settings))
 
 
+def prewarm(proc: JobProcess) -> None:
+    """Before any job, in each job process: resolve the provider's host (see providers/warmup.py)."""
+    try:
+        settings = get_settings()
+    except ConfigError:
+        return
+    api_url = provider_api_url(settings)
+    resolved: ResolvedHost | None = resolve_provider_host(api_url) if api_url else None
+    proc.userdata[PREWARMED_PROVIDER] = resolved
+
+
+def _received(ctx: JobContext) -> float | None:
+    # When the worker received the job request (livekit-agents keeps it on the job's info only).
+    info = getattr(ctx, "_info", None)
+    received = getattr(info, "received_at", 0.0)
+    return received if isinstance(received, float) and received > 0 else None
+
+
+def _in_background(ctx: JobContext, work: Coroutine[Any, Any, None], name: str) -> None:
+    task = asyncio.create_task(work, name=name)
+
+    def report(done: asyncio.Task[None]) -> None:
+        if not done.cancelled() and (error := done.exception()) is not None:
+            logger.error("%s failed", name, exc_info=error)
+
+    async def cancel() -> None:
+        await utils.aio.cancel_and_wait(task)
+
+    task.add_done_callback(report)
+    ctx.add_shutdown_callback(cancel)
+
+
 def job_count_load(server: AgentServer, *, max_jobs: int) -> float:
     """Load as the share of job slots in use (LiveKit stops sending jobs at 1.0)."""
     return min(1.0, len(server.active_jobs) / max_jobs)
 
 
 def create_server(settings: Settings) -> AgentServer:
-    by_job_count = settings.agent_max_jobs is not None
+    capacity: dict[str, Any] = {}
+    if settings.agent_max_jobs is not None:
+        capacity["load_fnc"] = functools.partial(job_count_load, max_jobs=settings.agent_max_jobs)
+        capacity["load_threshold"] = 1.0
+    elif settings.agent_load_threshold is not None:
+        capacity["load_threshold"] = settings.agent_load_threshold
+    # Otherwise livekit-agents' own default: 0.7 in `start`, no limit in `dev`, and no warning on
+    # LiveKit Cloud (which ignores a custom threshold).
     server = AgentServer(
         ws_url=settings.livekit_url,
         port=settings.agent_http_port,
-        load_threshold=1.0 if by_job_count else settings.agent_load_threshold,
-        load_fnc=(
-            functools.partial(job_count_load, max_jobs=settings.agent_max_jobs)
-            if settings.agent_max_jobs is not None
-            else None
-        ),
         api_key=settings.livekit_api_key.get_secret_value() if settings.livekit_api_key else None,
         api_secret=(
             settings.livekit_api_secret.get_secret_value() if settings.livekit_api_secret else None
         ),
+        **capacity,
     )
-    server.rtc_session(entrypoint, agent_name=settings.agent_name)
+    server.setup_fnc = prewarm
+    server.rtc_session(entrypoint, agent_name=settings.agent_name, on_session_end=end_of_session)
     return server
 
 

@@ -6,6 +6,7 @@ echoed, so a mistyped secret cannot leak into a log line.
 
 from __future__ import annotations
 
+import ipaddress
 from datetime import timedelta
 from functools import lru_cache
 from typing import Any, Literal
@@ -54,6 +55,41 @@ def _check_url(value: str | None, schemes: tuple[str, ...]) -> str | None:
     return value
 
 
+def is_loopback_host(host: str | None) -> bool:
+    if not host:
+        return False
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def is_unreachable_from_outside(host: str | None) -> bool:
+    """A host no cloud service can reach: loopback, a private or link-local address."""
+    if is_loopback_host(host):
+        return True
+    try:
+        address = ipaddress.ip_address(host or "")
+    except ValueError:
+        return False
+    return address.is_private or address.is_link_local
+
+
+def _check_provider_url(value: str) -> str:
+    """https, or plain http to this machine only: the request carries the API key."""
+    checked = _check_url(value, ("http", "https"))
+    assert checked is not None
+    parsed = urlparse(checked)
+    if parsed.scheme == "http" and not is_loopback_host(parsed.hostname):
+        raise ValueError(
+            "must start with https:// (plain http:// would send the API key in clear text; it is "
+            "accepted only for a loopback host such as 127.0.0.1, e.g. a local emulator)"
+        )
+    return checked
+
+
 class Settings(BaseModel):
     """All settings of the worker. Field names map to upper-case environment variables.
 
@@ -70,17 +106,24 @@ class Settings(BaseModel):
 
     # Avatar selection and the avatar participant
     avatar_provider: ProviderName | None = None
-    avatar_identity: str | None = Field(default=None, min_length=1, max_length=128)
+    # Room for the "-<n>" a restarted avatar's identity gets (LiveKit allows 128 characters).
+    avatar_identity: str | None = Field(default=None, min_length=1, max_length=120)
+    # The LiveKit URL the provider's avatar joins with, when it differs from LIVEKIT_URL (a worker
+    # that reaches LiveKit by an internal address; the provider's cloud needs the public one).
+    avatar_livekit_url: str | None = None
     avatar_token_ttl: float = Field(default=600.0, gt=0, le=6 * 3600)
     avatar_join_timeout: float = Field(default=30.0, gt=0, le=600)
     avatar_start_timeout: float = Field(default=30.0, gt=0, le=600)
     avatar_request_timeout: float = Field(default=10.0, gt=0, le=120)
     avatar_max_retries: int = Field(default=3, ge=0, le=10)
-    agent_name: str = "avatar-agent"
+    # New provider sessions started after the avatar leaves mid-call (0: never; the agent keeps its voice).
+    avatar_max_restarts: int = Field(default=2, ge=0, le=10)
+    agent_name: str = Field(default="avatar-agent", min_length=1, max_length=128)
     # The worker's health/HTTP port in `start` mode (0 = any free port).
     agent_http_port: int = Field(default=8081, ge=0, le=65535)
-    # CPU load (0-1) at which the worker stops taking jobs (livekit-agents' production default).
-    agent_load_threshold: float = Field(default=0.7, gt=0, le=1)
+    # CPU load (0-1) at which the worker stops taking jobs. Unset: livekit-agents' own default
+    # (0.7 in `start`, no limit in `dev`); LiveKit Cloud hosting ignores a custom value.
+    agent_load_threshold: float | None = Field(default=None, gt=0, le=1)
     # Capacity by job count instead of CPU: the worker's load is running jobs / this, and it takes
     # no job beyond it. Unset: livekit-agents' CPU-based load.
     agent_max_jobs: int | None = Field(default=None, ge=1, le=1000)
@@ -92,7 +135,9 @@ class Settings(BaseModel):
     lemonslice_agent_image_url: str | None = None
     lemonslice_agent_prompt: str | None = None
     lemonslice_agent_idle_prompt: str | None = None
-    lemonslice_idle_timeout: int | None = None
+    # Seconds of silence before LemonSlice ends the session. Positive only: the provider reads a
+    # negative value as "never", and a session that never idles out bills until its length cap.
+    lemonslice_idle_timeout: int | None = Field(default=None, ge=1)
 
     # Anam
     anam_api_key: SecretStr | None = None
@@ -112,7 +157,7 @@ class Settings(BaseModel):
     # LiveKit Inference needs LiveKit Cloud; "auto" uses it when LIVEKIT_URL is a LiveKit Cloud URL.
     voice_mode: Literal["auto", "cloud", "offline"] = "auto"
 
-    @field_validator("livekit_url")
+    @field_validator("livekit_url", "avatar_livekit_url")
     @classmethod
     def _livekit_url(cls, value: str | None) -> str | None:
         return _check_url(value, ("ws", "wss", "http", "https"))
@@ -120,9 +165,15 @@ class Settings(BaseModel):
     @field_validator("lemonslice_api_url", "anam_api_url")
     @classmethod
     def _api_url(cls, value: str) -> str:
-        checked = _check_url(value, ("http", "https"))
-        assert checked is not None
-        return checked
+        return _check_provider_url(value)
+
+    @field_validator("agent_name")
+    @classmethod
+    def _agent_name(cls, value: str) -> str:
+        # A blank name would register for automatic dispatch: an agent in every room of the project.
+        if not value.strip() or value != value.strip():
+            raise ValueError("must be a name without leading or trailing blanks")
+        return value
 
     @field_validator("lemonslice_agent_image_url")
     @classmethod
@@ -138,6 +189,7 @@ class Settings(BaseModel):
         "anam_avatar_model",
         "avatar_identity",
         "avatar_provider",
+        "avatar_livekit_url",
         "livekit_url",
         mode="before",
     )
@@ -164,6 +216,11 @@ class Settings(BaseModel):
     @property
     def token_ttl(self) -> timedelta:
         return timedelta(seconds=self.avatar_token_ttl)
+
+    @property
+    def avatar_url(self) -> str | None:
+        """Where the provider's avatar joins LiveKit."""
+        return self.avatar_livekit_url or self.livekit_url
 
 
 def _resolve_provider(settings: Settings) -> tuple[ProviderName | None, str | None]:
@@ -211,7 +268,31 @@ def _cross_field_problems(settings: Settings) -> list[str]:
             problems.append("ANAM_API_KEY: missing (AVATAR_PROVIDER is anam)")
         if settings.anam_avatar_id is None:
             problems.append("ANAM_AVATAR_ID: missing (AVATAR_PROVIDER is anam)")
+
+    needed = settings.avatar_start_timeout + settings.avatar_join_timeout
+    if settings.avatar_token_ttl < needed:
+        problems.append(
+            f"AVATAR_TOKEN_TTL: shorter than AVATAR_START_TIMEOUT + AVATAR_JOIN_TIMEOUT ({needed:g} s): "
+            "the avatar's token could expire before it may join"
+        )
+    if provider in ("lemonslice", "anam"):
+        problems += _avatar_reachability_problems(settings, provider)
     return problems
+
+
+def _avatar_reachability_problems(settings: Settings, provider: ProviderName) -> list[str]:
+    """A provider in the cloud sends its avatar to LiveKit from outside: it needs a public URL."""
+    api_url = settings.lemonslice_api_url if provider == "lemonslice" else settings.anam_api_url
+    if is_loopback_host(urlparse(api_url).hostname):
+        return []  # a provider on this machine (an emulator) reaches what this machine reaches
+    avatar_host = urlparse(settings.avatar_url or "").hostname
+    if not is_unreachable_from_outside(avatar_host):
+        return []
+    variable = "AVATAR_LIVEKIT_URL" if settings.avatar_livekit_url else "LIVEKIT_URL"
+    return [
+        f"{variable}: the {provider} avatar joins from the provider's cloud, which cannot reach "
+        "a loopback or private address; set AVATAR_LIVEKIT_URL to your LiveKit server's public URL"
+    ]
 
 
 def _describe(error: dict[str, Any]) -> str:

@@ -87,8 +87,12 @@ class ProviderHttp:
 
         `required` names a field the reply must carry as a non-empty string (else a protocol error).
 
-        `creates_session` marks a non-idempotent create: a failure after the body may have reached
-        the provider is recorded in `possible_orphans` and logged before any retry.
+        `creates_session` marks a non-idempotent create. Neither provider offers an idempotency key
+        or a lookup by our own reference, so a create that may have reached the provider (reply
+        lost, timeout or connection dropped after sending, cancelled in flight) is never retried: a
+        second create would be a second billed session. It is recorded in `possible_orphans`,
+        logged, and raised. What cannot have created anything (connection refused, an error
+        status) is retried as usual.
         `deadline` (loop time) caps the call further, e.g. by the avatar start's own deadline.
         """
         request = _Request("POST", url, payload, headers, operation, creates_session, required)
@@ -111,7 +115,9 @@ class ProviderHttp:
             if remaining <= 0:
                 raise self._deadline_error(operation, attempt - 1)
             try:
-                return await self._attempt(request, min(self.policy.attempt_timeout, remaining))
+                return await self._attempt(
+                    request, min(self.policy.attempt_timeout, remaining), attempt
+                )
             except (
                 ProviderStatusError,
                 ProviderProtocolError,
@@ -119,10 +125,13 @@ class ProviderHttp:
                 ProviderTimeoutError,
             ) as error:
                 if request.creates_session and error.may_have_reached:
-                    self._record_orphan(operation, attempt, error)
+                    self._record_orphan(operation, attempt, f"attempt {attempt}: {_summary(error)}")
+                    raise
                 if not error.retryable or attempt == self.policy.max_attempts:
                     raise
-                delay = self._retry_delay(error, attempt - 1)
+                delay = self.policy.retry_delay(
+                    attempt - 1, getattr(error, "retry_after", None), self.rng
+                )
                 if loop.time() + delay >= call_deadline:
                     if isinstance(error, ProviderStatusError):
                         raise  # the provider's own answer says more than "out of time"
@@ -140,7 +149,18 @@ class ProviderHttp:
                 await asyncio.sleep(delay)
         raise AssertionError("unreachable: the loop returns or raises")
 
-    async def _attempt(self, request: _Request, attempt_timeout: float) -> dict[str, Any]:
+    async def _attempt(
+        self, request: _Request, attempt_timeout: float, attempt: int
+    ) -> dict[str, Any]:
+        try:
+            return await self._exchange(request, attempt_timeout)
+        except asyncio.CancelledError:
+            # Cut off by a caller's deadline or the job's end: the body may already be with the provider.
+            if request.creates_session:
+                self._record_orphan(request.operation, attempt, "cancelled in flight")
+            raise
+
+    async def _exchange(self, request: _Request, attempt_timeout: float) -> dict[str, Any]:
         operation = request.operation
         sent = False
         try:
@@ -247,15 +267,10 @@ class ProviderHttp:
                 message, retry_after=retry_after, retryable=status in RETRYABLE_STATUSES, **common
             )
         else:
-            error = BadRequestError(message, **common)
+            # Other 4xx (499 included) and the 3xx we do not follow: asking again gets the same answer.
+            error = BadRequestError(message, retryable=False, **common)
         # An error status means the provider refused the request: nothing was created.
         return error
-
-    def _retry_delay(self, error: Exception, retry_index: int) -> float:
-        retry_after = getattr(error, "retry_after", None)
-        if retry_after is not None:
-            return min(float(retry_after), self.policy.max_retry_after)
-        return self.policy.backoff(retry_index, self.rng)
 
     def _deadline_error(self, operation: str, attempts: int) -> ProviderTimeoutError:
         return ProviderTimeoutError(
@@ -265,16 +280,15 @@ class ProviderHttp:
             retryable=False,
         )
 
-    def _record_orphan(self, operation: str, attempt: int, error: Exception) -> None:
-        orphan = PossibleOrphan(self.provider, operation, attempt, _summary(error))
+    def _record_orphan(self, operation: str, attempt: int, reason: str) -> None:
+        orphan = PossibleOrphan(self.provider, operation, attempt, reason)
         self.possible_orphans.append(orphan)
         logger.warning(
-            "%s %s may have reached the provider before failing (attempt %d: %s): a session may "
-            "have been started that we cannot end; counted as a possible orphan",
+            "%s %s may have reached the provider before failing (%s): a session may have been "
+            "started that we cannot end; counted as a possible orphan and not retried",
             self.provider,
             operation,
-            attempt,
-            orphan.reason,
+            reason,
             extra={"provider": self.provider, "operation": operation, "possible_orphan": True},
         )
 
@@ -297,6 +311,8 @@ def _without_credentials(
             if error.provider_message:
                 error.provider_message = error.provider_message.replace(secret, "***")
                 error.body = error.provider_message
+    # Tracebacks and some loggers show args, not message.
+    error.args = (error.message, *error.args[1:])
     return error
 
 

@@ -1,10 +1,12 @@
-"""Builds the configured provider's avatar session; the one place that knows every provider."""
+"""Builds the configured provider's setup; the one place that knows every provider."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Awaitable, Callable
 
 import aiohttp
+from livekit import rtc
 from livekit.agents import APIConnectOptions
 
 from config import ProviderName, Settings
@@ -16,10 +18,13 @@ from .http import ProviderHttp
 from .lemonslice import api as lemonslice_api
 from .lemonslice.avatar import DEFAULT_IDENTITY as LEMONSLICE_IDENTITY
 from .lemonslice.avatar import LemonSliceAvatarSession
+from .lifecycle import JobTimeline
 from .retry import RetryPolicy
-from .session import AvatarOptions, LiveKitCredentials, ProviderAvatarSession
+from .session import AvatarOptions, LiveKitCredentials
+from .supervisor import AvatarSupervisor, JobRoom, ProviderSetup
+from .warmup import ResolvedHost, provider_http_session
 
-AvatarFactory = Callable[[Settings, aiohttp.ClientSession], ProviderAvatarSession]
+AvatarFactory = Callable[[Settings, aiohttp.ClientSession], ProviderSetup]
 
 
 def retry_policy(settings: Settings) -> RetryPolicy:
@@ -48,63 +53,90 @@ def avatar_options(settings: Settings, default_identity: str) -> AvatarOptions:
         token_ttl=settings.token_ttl,
         start_timeout=settings.avatar_start_timeout,
         join_timeout=settings.avatar_join_timeout,
+        max_restarts=settings.avatar_max_restarts,
     )
 
 
-def _lemonslice(settings: Settings, session: aiohttp.ClientSession) -> ProviderAvatarSession:
+def _avatar_url(settings: Settings) -> str:
+    url = settings.avatar_url
+    assert url is not None
+    return url
+
+
+def _lemonslice(settings: Settings, session: aiohttp.ClientSession) -> ProviderSetup:
     assert settings.lemonslice_api_key is not None
-    return LemonSliceAvatarSession(
-        api=lemonslice_api.LemonSliceAPI(
-            ProviderHttp(
-                session,
-                provider=lemonslice_api.PROVIDER,
-                policy=retry_policy(settings),
-                read_error_text=lemonslice_api.read_error_text,
-            ),
-            api_key=settings.lemonslice_api_key.get_secret_value(),
-            api_url=settings.lemonslice_api_url,
-        ),
-        agent=lemonslice_api.LemonSliceAgent(
-            agent_id=settings.lemonslice_agent_id,
-            agent_image_url=settings.lemonslice_agent_image_url,
-            agent_prompt=settings.lemonslice_agent_prompt,
-            agent_idle_prompt=settings.lemonslice_agent_idle_prompt,
-            idle_timeout=settings.lemonslice_idle_timeout,
-        ),
-        livekit=livekit_credentials(settings),
+    http = ProviderHttp(
+        session,
+        provider=lemonslice_api.PROVIDER,
+        policy=retry_policy(settings),
+        read_error_text=lemonslice_api.read_error_text,
+    )
+    client = lemonslice_api.LemonSliceAPI(
+        http,
+        api_key=settings.lemonslice_api_key.get_secret_value(),
+        api_url=settings.lemonslice_api_url,
+    )
+    agent = lemonslice_api.LemonSliceAgent(
+        agent_id=settings.lemonslice_agent_id,
+        agent_image_url=settings.lemonslice_agent_image_url,
+        agent_prompt=settings.lemonslice_agent_prompt,
+        agent_idle_prompt=settings.lemonslice_agent_idle_prompt,
+        idle_timeout=settings.lemonslice_idle_timeout,
+    )
+    return ProviderSetup(
+        name=lemonslice_api.PROVIDER,
+        sample_rate=LemonSliceAvatarSession.sample_rate,
         options=avatar_options(settings, LEMONSLICE_IDENTITY),
+        livekit_url=_avatar_url(settings),
+        new_session=lambda identity, options: LemonSliceAvatarSession(
+            api=client, agent=agent, identity=identity, options=options
+        ),
+        possible_orphans=lambda: len(http.possible_orphans),
     )
 
 
-def _anam(settings: Settings, session: aiohttp.ClientSession) -> ProviderAvatarSession:
+def _anam(settings: Settings, session: aiohttp.ClientSession) -> ProviderSetup:
     assert settings.anam_api_key is not None and settings.anam_avatar_id is not None
-    return AnamAvatarSession(
-        api=anam_api.AnamAPI(
-            ProviderHttp(
-                session,
-                provider=anam_api.PROVIDER,
-                policy=retry_policy(settings),
-                read_error_text=anam_api.read_error_text,
-                is_quota_exceeded=anam_api.is_hard_limit,
-            ),
-            api_key=settings.anam_api_key.get_secret_value(),
-            api_url=settings.anam_api_url,
-        ),
-        persona=anam_api.PersonaConfig(
-            name=settings.anam_persona_name,
-            avatar_id=settings.anam_avatar_id,
-            avatar_model=settings.anam_avatar_model,
-        ),
-        livekit=livekit_credentials(settings),
+    http = ProviderHttp(
+        session,
+        provider=anam_api.PROVIDER,
+        policy=retry_policy(settings),
+        read_error_text=anam_api.read_error_text,
+        is_quota_exceeded=anam_api.is_hard_limit,
+    )
+    client = anam_api.AnamAPI(
+        http, api_key=settings.anam_api_key.get_secret_value(), api_url=settings.anam_api_url
+    )
+    persona = anam_api.PersonaConfig(
+        name=settings.anam_persona_name,
+        avatar_id=settings.anam_avatar_id,
+        avatar_model=settings.anam_avatar_model,
+    )
+    return ProviderSetup(
+        name=anam_api.PROVIDER,
+        sample_rate=AnamAvatarSession.sample_rate,
         options=avatar_options(settings, ANAM_IDENTITY),
+        livekit_url=_avatar_url(settings),
+        new_session=lambda identity, options: AnamAvatarSession(
+            api=client, persona=persona, identity=identity, options=options
+        ),
+        possible_orphans=lambda: len(http.possible_orphans),
     )
 
 
-def _local(settings: Settings, session: aiohttp.ClientSession) -> ProviderAvatarSession:
-    from .local.avatar import DEFAULT_IDENTITY, LocalAvatarSession
+def _local(settings: Settings, session: aiohttp.ClientSession) -> ProviderSetup:
+    from .local.avatar import DEFAULT_IDENTITY, PROVIDER, LocalAvatarSession
 
-    return LocalAvatarSession(
-        livekit=livekit_credentials(settings), options=avatar_options(settings, DEFAULT_IDENTITY)
+    # The local avatar runs in the job's own process: it joins by the worker's own LiveKit URL.
+    assert settings.livekit_url is not None
+    return ProviderSetup(
+        name=PROVIDER,
+        sample_rate=LocalAvatarSession.sample_rate,
+        options=avatar_options(settings, DEFAULT_IDENTITY),
+        livekit_url=settings.livekit_url,
+        new_session=lambda identity, options: LocalAvatarSession(
+            identity=identity, options=options
+        ),
     )
 
 
@@ -115,7 +147,35 @@ AVATAR_FACTORIES: dict[ProviderName, AvatarFactory] = {
 }
 
 
-def create_avatar_session(
-    settings: Settings, http_session: aiohttp.ClientSession
-) -> ProviderAvatarSession:
+def provider_setup(settings: Settings, http_session: aiohttp.ClientSession) -> ProviderSetup:
+    """The configured provider, its clients sharing `http_session`."""
     return AVATAR_FACTORIES[settings.provider](settings, http_session)
+
+
+def avatar_for_job(
+    *,
+    room: rtc.Room,
+    job: JobRoom,
+    settings: Settings,
+    timeline: JobTimeline,
+    connect: Callable[[], Awaitable[None]],
+    prewarmed: ResolvedHost | None = None,
+) -> AvatarSupervisor:
+    """The configured provider's avatar for one job, with its own pooled HTTP session."""
+    http_session = provider_http_session(prewarmed)
+    setup = dataclasses.replace(provider_setup(settings, http_session), aclose=http_session.close)
+    return AvatarSupervisor(
+        room=room,
+        job=job,
+        provider=setup,
+        livekit=livekit_credentials(settings),
+        timeline=timeline,
+        connect=connect,
+    )
+
+
+def provider_api_url(settings: Settings) -> str | None:
+    """The provider's API URL, for prewarm (None for the local avatar)."""
+    return {"lemonslice": settings.lemonslice_api_url, "anam": settings.anam_api_url}.get(
+        settings.provider
+    )

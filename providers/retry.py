@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,7 +19,8 @@ class RetryPolicy:
     """Attempts, backoff and deadlines for one provider call.
 
     The n-th retry (n = 0, 1, ...) waits a random time in [cap/2, cap], cap = min(max_delay, base_delay * 2**n)
-    ("equal jitter": spread out, yet never a near-zero hammer), unless the provider sent Retry-After, which wins.
+    ("equal jitter": spread out, yet never a near-zero hammer). A provider's Retry-After can only lengthen
+    that wait (up to `max_retry_after`), never shorten it: "Retry-After: 0" is no licence to hammer.
     """
 
     max_retries: int = 3
@@ -56,16 +58,30 @@ class RetryPolicy:
         cap = min(self.max_delay, self.base_delay * (2**retry_index))
         return (rng or random).uniform(cap / 2, cap)
 
+    def retry_delay(
+        self, retry_index: int, retry_after: float | None, rng: random.Random | None = None
+    ) -> float:
+        """The wait before retry `retry_index`: the backoff, or the provider's longer Retry-After."""
+        delay = self.backoff(retry_index, rng)
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, self.max_retry_after))
+        return delay
+
 
 def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date); None if absent or unreadable."""
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date).
+
+    None if absent or unreadable, including negative, NaN and infinite values; a date in the past is 0.
+    """
     if value is None:
         return None
     value = value.strip()
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        return seconds if math.isfinite(seconds) and seconds >= 0 else None
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError):

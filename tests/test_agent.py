@@ -114,3 +114,20 @@ async def test_good_configuration_does_contact_livekit(
     finally:
         await stop_worker(process)
     assert livekit_stand_in.count >= 1
+
+
+def test_the_load_threshold_is_livekits_own_unless_configured(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`dev` takes jobs at any load and LiveKit Cloud does not warn, unless a threshold is set."""
+    from livekit.agents.worker import _default_load_threshold
+
+    from agent import create_server
+    from config import load_settings
+
+    monkeypatch.chdir(tmp_path)
+    base = {"livekit_url": "ws://127.0.0.1:7880", "livekit_api_key": "k", "livekit_api_secret": "s"}
+    assert create_server(load_settings(**base))._load_threshold is _default_load_threshold
+    assert create_server(load_settings(**base, agent_load_threshold="0.5"))._load_threshold == 0.5
+    by_jobs = create_server(load_settings(**base, agent_max_jobs="4"))
+    assert by_jobs._load_threshold == 1.0

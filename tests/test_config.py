@@ -110,7 +110,18 @@ def test_every_problem_is_named_in_one_error(monkeypatch: pytest.MonkeyPatch) ->
         ("AVATAR_TOKEN_TTL", "86400", "AVATAR_TOKEN_TTL"),
         ("AVATAR_MAX_RETRIES", "-1", "AVATAR_MAX_RETRIES"),
         ("LEMONSLICE_IDLE_TIMEOUT", "1.5", "LEMONSLICE_IDLE_TIMEOUT"),
+        # the provider reads a negative timeout as "never": a session that bills until its cap
+        ("LEMONSLICE_IDLE_TIMEOUT", "-1", "LEMONSLICE_IDLE_TIMEOUT"),
+        ("LEMONSLICE_IDLE_TIMEOUT", "0", "LEMONSLICE_IDLE_TIMEOUT"),
         ("VOICE_MODE", "telepathy", "VOICE_MODE"),
+        # the API key in clear text over the network
+        ("LEMONSLICE_API_URL", "http://lemonslice.com/api/liveai/sessions", "LEMONSLICE_API_URL"),
+        ("ANAM_API_URL", "http://10.0.0.7:8080", "ANAM_API_URL"),
+        # a blank name would register the agent for automatic dispatch to every room
+        ("AGENT_NAME", "   ", "AGENT_NAME"),
+        ("AVATAR_LIVEKIT_URL", "livekit.example.com", "AVATAR_LIVEKIT_URL"),
+        ("AVATAR_MAX_RESTARTS", "-1", "AVATAR_MAX_RESTARTS"),
+        ("AGENT_LOAD_THRESHOLD", "0", "AGENT_LOAD_THRESHOLD"),
     ],
 )
 def test_an_invalid_value_is_named(
@@ -154,3 +165,62 @@ def test_env_example_documents_every_setting_and_is_itself_valid(
     settings = load_settings()
     assert settings.provider == "local"
     assert settings.agent_instructions  # blank lines in the file leave defaults in place
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:8123", "http://localhost:9000/x", "http://[::1]:80"]
+)
+def test_plain_http_to_this_machine_is_accepted_for_a_local_emulator(
+    monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    configure(
+        monkeypatch, ANAM_API_KEY="anam-secret-key-0002", ANAM_AVATAR_ID="a", ANAM_API_URL=url
+    )
+    assert load_settings().anam_api_url == url
+
+
+def test_a_token_that_expires_before_the_avatar_may_join_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    problems = problems_of(
+        monkeypatch, AVATAR_TOKEN_TTL="50", AVATAR_START_TIMEOUT="30", AVATAR_JOIN_TIMEOUT="30"
+    )
+    assert [p.split(":")[0] for p in problems] == ["AVATAR_TOKEN_TTL"]
+    assert "60" in problems[0]
+
+
+def test_a_cloud_provider_needs_a_livekit_url_it_can_reach(monkeypatch: pytest.MonkeyPatch) -> None:
+    provider = {"LEMONSLICE_API_KEY": "ls-secret-key-0001", "LEMONSLICE_AGENT_ID": "agent-7"}
+    problems = problems_of(monkeypatch, LIVEKIT_URL="ws://10.1.2.3:7880", **provider)
+    assert [p.split(":")[0] for p in problems] == ["LIVEKIT_URL"]
+    assert "AVATAR_LIVEKIT_URL" in problems[0]
+
+    configure(
+        monkeypatch,
+        LIVEKIT_URL="ws://10.1.2.3:7880",
+        AVATAR_LIVEKIT_URL="wss://livekit.example.com",
+        **provider,
+    )
+    settings = load_settings()
+    assert settings.avatar_url == "wss://livekit.example.com"
+    assert settings.livekit_url == "ws://10.1.2.3:7880"  # the worker keeps its internal URL
+
+
+def test_a_provider_on_this_machine_reaches_a_loopback_livekit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    configure(
+        monkeypatch,
+        LIVEKIT_URL="ws://127.0.0.1:7880",
+        LEMONSLICE_API_KEY="ls-secret-key-0001",
+        LEMONSLICE_AGENT_ID="agent-7",
+        LEMONSLICE_API_URL="http://127.0.0.1:8000/api/liveai/sessions",
+    )
+    assert load_settings().avatar_url == "ws://127.0.0.1:7880"
+
+
+def test_a_blank_agent_name_falls_back_to_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    configure(monkeypatch, AGENT_NAME="")
+    assert load_settings().agent_name == "avatar-agent"
+    with pytest.raises(ConfigError, match="AGENT_NAME"):
+        load_settings(agent_name="")

@@ -148,6 +148,7 @@ async def test_avatar_joins_shows_video_speaks_and_leaves_with_the_job(
         # the greeting reached the avatar over lk.audio_stream at the provider's sample rate
         if deployment.launcher is not None:
             launched = deployment.launcher.launched[-1].participant
+            assert launched is not None
             assert launched.stats.segments_started >= 1
             assert launched.stats.input_sample_rates == (deployment.sample_rate,)
             await _check_token_is_narrow(livekit_server, deployment, room)
@@ -172,7 +173,8 @@ async def test_avatar_joins_shows_video_speaks_and_leaves_with_the_job(
             assert deployment.emulator.active_sessions == ()
             assert len(deployment.emulator.sessions) == 1  # no duplicate, billed session
         if deployment.launcher is not None:
-            assert deployment.launcher.launched[-1].participant.closed
+            launched_avatar = deployment.launcher.launched[-1].participant
+            assert launched_avatar is not None and launched_avatar.closed
             await _check_token_publishes_only_camera_and_microphone(livekit_server, deployment)
     finally:
         await user.leave()

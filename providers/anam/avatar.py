@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..session import AvatarOptions, LiveKitCredentials, ProviderAvatarSession, ProviderStartRequest
+from ..session import AvatarOptions, ProviderAvatarSession, ProviderStartRequest
 from .api import PROVIDER, AnamAPI, PersonaConfig
 
 DEFAULT_IDENTITY = "anam-avatar-agent"
@@ -12,16 +12,12 @@ SAMPLE_RATE = 24000
 class AnamAvatarSession(ProviderAvatarSession):
     provider_name = PROVIDER
     sample_rate = SAMPLE_RATE
+    can_stop = False
 
     def __init__(
-        self,
-        *,
-        api: AnamAPI,
-        persona: PersonaConfig,
-        livekit: LiveKitCredentials,
-        options: AvatarOptions,
+        self, *, api: AnamAPI, persona: PersonaConfig, identity: str, options: AvatarOptions
     ) -> None:
-        super().__init__(livekit=livekit, options=options)
+        super().__init__(identity=identity, options=options)
         self._api = api
         self._persona = persona
 

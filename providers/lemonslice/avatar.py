@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-
-from ..session import AvatarOptions, LiveKitCredentials, ProviderAvatarSession, ProviderStartRequest
+from ..session import AvatarOptions, ProviderAvatarSession, ProviderStartRequest
 from .api import PROVIDER, LemonSliceAgent, LemonSliceAPI
 
 DEFAULT_IDENTITY = "lemonslice-avatar-agent"
@@ -15,16 +13,12 @@ SAMPLE_RATE = 16000
 class LemonSliceAvatarSession(ProviderAvatarSession):
     provider_name = PROVIDER
     sample_rate = SAMPLE_RATE
+    can_stop = True
 
     def __init__(
-        self,
-        *,
-        api: LemonSliceAPI,
-        agent: LemonSliceAgent,
-        livekit: LiveKitCredentials,
-        options: AvatarOptions,
+        self, *, api: LemonSliceAPI, agent: LemonSliceAgent, identity: str, options: AvatarOptions
     ) -> None:
-        super().__init__(livekit=livekit, options=options)
+        super().__init__(identity=identity, options=options)
         self._api = api
         self._agent = agent
 
@@ -37,6 +31,5 @@ class LemonSliceAvatarSession(ProviderAvatarSession):
             deadline=request.deadline,
         )
 
-    async def _stop_provider(self, session_id: str) -> None:
-        loop = asyncio.get_running_loop()
-        await self._api.terminate(session_id, deadline=loop.time() + self.options.stop_timeout)
+    async def _stop_provider(self, session_id: str, deadline: float) -> None:
+        await self._api.terminate(session_id, deadline=deadline)

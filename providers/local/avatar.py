@@ -15,6 +15,7 @@ SAMPLE_RATE = 24000
 class LocalAvatarSession(ProviderAvatarSession):
     provider_name = PROVIDER
     sample_rate = SAMPLE_RATE
+    can_stop = True
 
     _participant: LocalAvatarParticipant | None = None
 
@@ -28,6 +29,6 @@ class LocalAvatarSession(ProviderAvatarSession):
         await participant.start()
         return f"local-{uuid.uuid4().hex[:12]}"
 
-    async def _stop_provider(self, session_id: str) -> None:
+    async def _stop_provider(self, session_id: str, deadline: float) -> None:
         if self._participant is not None:
             await self._participant.aclose()

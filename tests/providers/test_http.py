@@ -9,7 +9,7 @@ import pytest
 
 from providers.anam.api import AnamAPI, PersonaConfig, is_hard_limit
 from providers.anam.api import read_error_text as anam_error_text
-from providers.errors import AuthenticationError, ProviderProtocolError
+from providers.errors import AuthenticationError, ProviderProtocolError, ProviderTimeoutError
 from providers.lemonslice.api import LemonSliceAgent, LemonSliceAPI
 from providers.lemonslice.api import read_error_text as lemonslice_error_text
 from tests.providers.conftest import ANAM_KEY, LEMONSLICE_KEY, avatar_token, provider_http
@@ -50,14 +50,20 @@ async def test_no_key_or_token_in_any_log_record_or_error(
         api_url=lemonslice_emulator.sessions_url,
     )
     agent = LemonSliceAgent(agent_id="agent-7")
-    # a start with retries (5xx, a lost reply, a closed connection), then a terminate
-    lemonslice_emulator.inject(
-        "create", StatusFault(503), SucceedSlow(seconds=2), CloseConnection()
-    )
+    # a start with retries (5xx, a closed connection before the request got anywhere), a
+    # terminate retried after a lost reply, then a create whose reply is lost (a possible orphan)
+    lemonslice_emulator.inject("create", StatusFault(503))
     session_id = await lemonslice.start_agent_session(
         agent, livekit_url="wss://x.livekit.cloud", livekit_token=livekit_token
     )
+    lemonslice_emulator.inject("control", SucceedSlow(seconds=2), CloseConnection())
     await lemonslice.terminate(session_id)
+    lemonslice_emulator.inject("create", SucceedSlow(seconds=2))
+    with pytest.raises(ProviderTimeoutError) as lost_error:
+        await lemonslice.start_agent_session(
+            agent, livekit_url="wss://x.livekit.cloud", livekit_token=livekit_token
+        )
+    errors.append(lost_error.value)
     # a failure
     lemonslice_emulator.inject("create", MissingSuccessField())
     with pytest.raises(ProviderProtocolError) as protocol_error:
@@ -73,7 +79,8 @@ async def test_no_key_or_token_in_any_log_record_or_error(
         api_key=ANAM_KEY,
         api_url=anam_emulator.url,
     )
-    anam_emulator.inject("engine_session", Hang(), StatusFault(503))
+    anam_emulator.inject("session_token", Hang())
+    anam_emulator.inject("engine_session", StatusFault(503))
     session_token = await anam.create_session_token(
         PersonaConfig(name="Cara", avatar_id="a-1"),
         livekit_url="wss://x.livekit.cloud",

@@ -47,7 +47,23 @@ def test_invalid_policies_are_refused() -> None:
 def test_retry_after_in_seconds() -> None:
     assert parse_retry_after("3") == 3.0
     assert parse_retry_after(" 0.5 ") == 0.5
-    assert parse_retry_after("-4") == 0.0
+    assert parse_retry_after("0") == 0.0
+
+
+@pytest.mark.parametrize("value", ["-4", "nan", "NaN", "inf", "-inf"])
+def test_retry_after_that_is_no_duration_is_ignored(value: str) -> None:
+    assert parse_retry_after(value) is None
+
+
+def test_retry_after_can_lengthen_the_backoff_never_shorten_it() -> None:
+    policy = RetryPolicy(base_delay=0.5, max_delay=8.0, max_retry_after=30.0)
+    rng = random.Random(3)
+    for retry in range(4):
+        cap = min(8.0, 0.5 * 2**retry)
+        assert cap / 2 <= policy.retry_delay(retry, 0.0, rng) <= cap
+        assert cap / 2 <= policy.retry_delay(retry, None, rng) <= cap
+    assert policy.retry_delay(0, 5.0, rng) == 5.0
+    assert policy.retry_delay(0, 3600.0, rng) == 30.0  # capped
 
 
 def test_retry_after_as_http_date() -> None:

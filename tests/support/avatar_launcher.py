@@ -2,28 +2,88 @@
 
 The emulators use our own local avatar for that, so the LemonSlice and Anam code paths run against a
 real LiveKit server with a participant that really joins, publishes and plays the agent's speech.
+
+A test can script how the next avatars behave (`LocalAvatarLauncher.script`), as a provider's
+avatars do on a bad day: join late, never join, or never confirm a playout; and it can make a
+running avatar crash or stop its video.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
 
-from providers.local.participant import LocalAvatarOptions, LocalAvatarParticipant
+from livekit import rtc
+
+from providers.local.participant import (
+    LocalAvatarOptions,
+    LocalAvatarParticipant,
+    _PlaybackEvent,
+    _PlaybackFinished,
+)
 from tests.support.emulators import AvatarLaunch
 
 
+@dataclass(frozen=True)
+class JoinLate:
+    """The avatar joins `seconds` after the provider accepted the session."""
+
+    seconds: float
+
+
+@dataclass(frozen=True)
+class NeverJoin:
+    """The provider accepts the session, and its avatar never comes."""
+
+
+@dataclass(frozen=True)
+class NoPlaybackConfirmation:
+    """The avatar plays the agent's speech but never answers lk.playback_finished."""
+
+
+AvatarBehaviour = JoinLate | NeverJoin | NoPlaybackConfirmation
+
+
+class _UnconfirmingAvatar(LocalAvatarParticipant):
+    def _notify(self, events: Sequence[_PlaybackEvent]) -> None:
+        super()._notify([event for event in events if not isinstance(event, _PlaybackFinished)])
+
+
 class LaunchedAvatar:
-    def __init__(self, launch: AvatarLaunch, participant: LocalAvatarParticipant) -> None:
+    def __init__(self, launch: AvatarLaunch, participant: LocalAvatarParticipant | None) -> None:
         self.launch = launch
         self.participant = participant
         self._watch = asyncio.create_task(self._report_when_gone())
 
     async def _report_when_gone(self) -> None:
+        if self.participant is None:
+            return
         await self.participant.wait_closed()
         self.launch.avatar_left()
 
+    @property
+    def identity(self) -> str | None:
+        return self.participant.identity if self.participant is not None else None
+
+    async def crash(self) -> None:
+        """Drop out of the room as a crashed avatar does: no goodbye to the agent."""
+        assert self.participant is not None and self.participant.room is not None
+        await self.participant.room.disconnect()
+        await self.participant.wait_closed()
+
+    async def stop_video(self) -> None:
+        """Unpublish the video track and stay in the room."""
+        assert self.participant is not None and self.participant.room is not None
+        local = self.participant.room.local_participant
+        for publication in list(local.track_publications.values()):
+            if publication.kind == rtc.TrackKind.KIND_VIDEO:
+                await local.unpublish_track(publication.sid)
+
     async def aclose(self) -> None:
-        await self.participant.aclose()
+        if self.participant is not None:
+            await self.participant.aclose()
         await self._watch
 
 
@@ -32,9 +92,29 @@ class LocalAvatarLauncher:
 
     def __init__(self) -> None:
         self.launched: list[LaunchedAvatar] = []
+        self._script: deque[AvatarBehaviour] = deque()
+
+    def script(self, *behaviours: AvatarBehaviour) -> None:
+        """How the next launches behave, one each, in order; then avatars behave normally."""
+        self._script.extend(behaviours)
+
+    def clear_script(self) -> None:
+        self._script.clear()
 
     async def __call__(self, launch: AvatarLaunch) -> LaunchedAvatar:
-        participant = LocalAvatarParticipant(
+        behaviour = self._script.popleft() if self._script else None
+        if isinstance(behaviour, NeverJoin):
+            avatar = LaunchedAvatar(launch, None)
+            self.launched.append(avatar)
+            return avatar
+        if isinstance(behaviour, JoinLate):
+            await asyncio.sleep(behaviour.seconds)  # the provider's slow boot, emulated
+        kind = (
+            _UnconfirmingAvatar
+            if isinstance(behaviour, NoPlaybackConfirmation)
+            else LocalAvatarParticipant
+        )
+        participant = kind(
             launch.livekit_url,
             launch.livekit_token,
             options=LocalAvatarOptions(audio_sample_rate=launch.sample_rate),

@@ -169,15 +169,29 @@ async def test_key_and_plan_errors_are_final(
 async def test_a_provider_that_never_answers_ends_at_the_deadline(
     http_session: aiohttp.ClientSession, anam_emulator: AnamEmulator
 ) -> None:
-    """The seed client only had a connect timeout: this waited forever."""
+    """The seed client only had a connect timeout: this waited forever. A session token is
+    harmless to ask for again, so a silent token step is retried until the attempts run out."""
     policy = RetryPolicy(max_retries=2, base_delay=0.05, attempt_timeout=0.5, call_deadline=5)
-    anam_emulator.inject("engine_session", Hang(), Hang(), Hang())
+    anam_emulator.inject("session_token", Hang(), Hang(), Hang())
     started = time.monotonic()
     with pytest.raises(ProviderTimeoutError):
         await start(client(http_session, anam_emulator, policy))
     elapsed = time.monotonic() - started
     assert 1.5 <= elapsed < 2.5, elapsed  # three attempts of 0.5 s plus two short backoffs
-    assert len(anam_emulator.requests_for("engine_session")) == 3
+    assert len(anam_emulator.requests_for("session_token")) == 3
+
+
+async def test_an_engine_session_that_may_have_started_is_not_asked_for_twice(
+    http_session: aiohttp.ClientSession, anam_emulator: AnamEmulator
+) -> None:
+    """No answer to the billed step: a second one would be a second session."""
+    policy = RetryPolicy(max_retries=2, base_delay=0.05, attempt_timeout=0.5, call_deadline=5)
+    anam_emulator.inject("engine_session", Hang())
+    anam = client(http_session, anam_emulator, policy)
+    with pytest.raises(ProviderTimeoutError):
+        await start(anam)
+    assert len(anam_emulator.requests_for("engine_session")) == 1
+    assert [o.operation for o in anam._http.possible_orphans] == ["start engine session"]
 
 
 def test_reprs_hold_no_key(http_session: aiohttp.ClientSession) -> None:

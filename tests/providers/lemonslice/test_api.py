@@ -35,6 +35,7 @@ from tests.support.emulators import (
     CloseConnection,
     Hang,
     LemonSliceEmulator,
+    LoseReply,
     MalformedJson,
     MissingSuccessField,
     StatusFault,
@@ -174,6 +175,18 @@ async def test_retry_after_is_honoured(
     assert second.arrived_at - first.arrived_at < 1.5
 
 
+@pytest.mark.parametrize("retry_after", ["0", "-3", "nan", "inf", "Thu, 01 Jan 1970 00:00:00 GMT"])
+async def test_a_retry_after_that_says_now_does_not_remove_the_backoff(
+    http_session: aiohttp.ClientSession, lemonslice_emulator: LemonSliceEmulator, retry_after: str
+) -> None:
+    lemonslice_emulator.inject("create", *[StatusFault(503, "busy", retry_after=retry_after)] * 2)
+    await start(client(http_session, lemonslice_emulator))
+    waits = gaps([r.arrived_at for r in lemonslice_emulator.requests_for("create")])
+    for n, waited in enumerate(waits):  # the same floor as with no Retry-After at all
+        cap = min(FAST_POLICY.max_delay, FAST_POLICY.base_delay * 2**n)
+        assert waited >= cap / 2, (retry_after, n, waited)
+
+
 async def test_retry_after_beyond_the_deadline_fails_at_once_with_the_providers_answer(
     http_session: aiohttp.ClientSession, lemonslice_emulator: LemonSliceEmulator
 ) -> None:
@@ -195,6 +208,9 @@ async def test_retry_after_beyond_the_deadline_fails_at_once_with_the_providers_
         (402, PaymentRequiredError),
         (403, PermissionDeniedError),
         (404, BadRequestError),
+        (499, BadRequestError),
+        (302, BadRequestError),
+        (307, BadRequestError),
     ],
 )
 async def test_client_errors_are_not_retried(
@@ -228,9 +244,10 @@ async def test_a_key_echoed_back_by_the_provider_is_not_repeated(
     lemonslice_emulator.inject("create", StatusFault(403, f"key {LEMONSLICE_KEY} is suspended"))
     with pytest.raises(PermissionDeniedError) as caught:
         await start(client(http_session, lemonslice_emulator))
-    shown = str(caught.value) + repr(caught.value)
+    shown = str(caught.value) + repr(caught.value) + repr(caught.value.args)
     assert LEMONSLICE_KEY not in shown
     assert caught.value.provider_message == "key *** is suspended"
+    assert "***" in caught.value.args[0]
 
 
 async def test_persistent_5xx_ends_with_the_last_status_and_text(
@@ -273,40 +290,65 @@ async def test_a_broken_success_reply_is_never_retried(
     assert [o.operation for o in lemonslice._http.possible_orphans] == ["create session"]
 
 
-async def test_a_hang_ends_at_the_call_deadline_with_a_typed_timeout(
+async def test_a_silent_terminate_is_retried_until_the_call_deadline(
     http_session: aiohttp.ClientSession, lemonslice_emulator: LemonSliceEmulator
 ) -> None:
-    policy = RetryPolicy(max_retries=10, base_delay=0.05, attempt_timeout=0.4, call_deadline=1.5)
-    lemonslice_emulator.inject("create", *[Hang()] * 10)
-    started = time.monotonic()
-    with pytest.raises(ProviderTimeoutError):
-        await start(client(http_session, lemonslice_emulator, policy))
-    elapsed = time.monotonic() - started
-    assert 1.4 <= elapsed <= 2.0, elapsed
-    assert len(lemonslice_emulator.requests) >= 2  # each attempt timed out and was retried
-
-
-async def test_a_create_that_may_have_reached_the_provider_is_accounted_for(
-    http_session: aiohttp.ClientSession, lemonslice_emulator: LemonSliceEmulator
-) -> None:
-    """The reply to a real create is lost: the retry is logged and the first session counted."""
-    lemonslice_emulator.inject("create", SucceedSlow(seconds=5))
+    """Terminating twice is harmless: a terminate with no answer is asked again, up to the deadline."""
     lemonslice = client(http_session, lemonslice_emulator)
     session_id = await start(lemonslice)
+    policy = RetryPolicy(max_retries=10, base_delay=0.05, attempt_timeout=0.4, call_deadline=1.5)
+    lemonslice_emulator.inject("control", *[Hang()] * 10)
+    started = time.monotonic()
+    with pytest.raises(ProviderTimeoutError):
+        await client(http_session, lemonslice_emulator, policy).terminate(session_id)
+    elapsed = time.monotonic() - started
+    assert 1.4 <= elapsed <= 2.0, elapsed
+    assert len(lemonslice_emulator.requests_for("control")) >= 2  # each attempt timed out, retried
 
+
+@pytest.mark.parametrize(
+    ("fault", "error_type"),
+    [
+        (SucceedSlow(seconds=5), ProviderTimeoutError),  # a timeout after the request was sent
+        (LoseReply(), ProviderConnectionError),  # made, and the reply lost on the way back
+        (CloseConnection(), ProviderConnectionError),  # read, then dropped: it may have been made
+    ],
+)
+async def test_a_create_that_may_have_reached_the_provider_is_not_retried(
+    http_session: aiohttp.ClientSession,
+    lemonslice_emulator: LemonSliceEmulator,
+    fault: SucceedSlow | LoseReply | CloseConnection,
+    error_type: type[Exception],
+) -> None:
+    """No idempotency key, no lookup by our reference: a second create would be a second session."""
+    lemonslice_emulator.inject("create", fault)
+    lemonslice = client(http_session, lemonslice_emulator)
+    with pytest.raises(error_type) as caught:
+        await start(lemonslice)
+    assert getattr(caught.value, "may_have_reached", False)
+    assert len(lemonslice_emulator.requests_for("create")) == 1
     assert [o.operation for o in lemonslice._http.possible_orphans] == ["create session"]
-    assert len(lemonslice_emulator.sessions) == 2  # the provider did make two
-    assert session_id == lemonslice_emulator.sessions[1].session_id
 
 
-async def test_a_connection_closed_without_reply_is_retried(
+async def test_a_create_cancelled_in_flight_is_counted_as_a_possible_orphan(
     http_session: aiohttp.ClientSession, lemonslice_emulator: LemonSliceEmulator
 ) -> None:
-    lemonslice_emulator.inject("create", CloseConnection())
+    lemonslice_emulator.inject("create", SucceedSlow(seconds=5))
+    lemonslice = client(http_session, lemonslice_emulator)
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.2):
+            await start(lemonslice)
+    assert [o.reason for o in lemonslice._http.possible_orphans] == ["cancelled in flight"]
+
+
+async def test_what_cannot_have_created_anything_is_still_retried(
+    http_session: aiohttp.ClientSession, lemonslice_emulator: LemonSliceEmulator
+) -> None:
+    lemonslice_emulator.inject("create", StatusFault(503), StatusFault(429, "slow down"))
     lemonslice = client(http_session, lemonslice_emulator)
     await start(lemonslice)
-    assert len(lemonslice_emulator.requests_for("create")) == 2
-    assert len(lemonslice._http.possible_orphans) == 1
+    assert [r.status for r in lemonslice_emulator.requests_for("create")] == [503, 429, 201]
+    assert lemonslice._http.possible_orphans == []
 
 
 async def test_nothing_listening_is_a_connection_error_after_every_attempt(

@@ -78,8 +78,21 @@ class SucceedSlow:
     seconds: float | None = None
 
 
+@dataclass(frozen=True)
+class LoseReply:
+    """Process normally (a create makes a real, billed session), then close the connection
+    without answering: the reply is lost on the way back."""
+
+
 Fault = (
-    StatusFault | Delay | Hang | CloseConnection | MalformedJson | MissingSuccessField | SucceedSlow
+    StatusFault
+    | Delay
+    | Hang
+    | CloseConnection
+    | MalformedJson
+    | MissingSuccessField
+    | SucceedSlow
+    | LoseReply
 )
 
 

@@ -26,6 +26,7 @@ from ._faults import (
     Fault,
     FaultScript,
     Hang,
+    LoseReply,
     MalformedJson,
     MissingSuccessField,
     StatusFault,
@@ -166,11 +167,15 @@ class EmulatorServer(ABC):
     def pending_faults(self, route: str) -> tuple[Fault, ...]:
         return self._faults.pending(route)
 
+    def clear_faults(self) -> None:
+        """Drop every fault not consumed yet (between tests sharing one emulator)."""
+        self._faults.clear()
+
     async def end_session(self, session_id: str, status: SessionStatus = "COMPLETED") -> None:
         """End a session from the provider's side (idle timeout, avatar removed...)."""
         session = self._sessions[session_id]
         session.status = status
-        self._notify()
+        self._mark_ended(session)
         await self._stop_avatar(session)
 
     async def wait_until(self, predicate: Callable[[], bool]) -> None:
@@ -240,7 +245,7 @@ class EmulatorServer(ABC):
         session.terminated = True
         if session.status in ("QUEUED", "ACTIVE"):
             session.status = "COMPLETED"
-        self._notify()
+        self._mark_ended(session)
         await self._stop_avatar(session)
 
     # -- internals ------------------------------------------------------------------------------
@@ -319,6 +324,8 @@ class EmulatorServer(ABC):
             return self._answer(record, Reply(reply.status, body, reply.headers))
         if isinstance(fault, SucceedSlow) and not await self._pause(fault.seconds):
             return self._drop(request, record, "emulator closed before the slow reply")
+        if isinstance(fault, LoseReply):
+            return self._drop(request, record, "reply lost by fault")
         return self._answer(record, reply)
 
     def _status_fault_reply(self, fault: StatusFault) -> Reply:
@@ -378,7 +385,7 @@ class EmulatorServer(ABC):
             session.avatar_error = error
             if session.status in ("QUEUED", "ACTIVE"):
                 session.status = "FAILED"
-            self._notify()
+            self._mark_ended(session)
             return
         session.avatar_launched = True
         session.avatar = handle
@@ -392,7 +399,7 @@ class EmulatorServer(ABC):
         session = self._sessions[session_id]
         if session.status in ("QUEUED", "ACTIVE"):
             session.status = "COMPLETED"
-            self._notify()
+            self._mark_ended(session)
 
     async def _stop_avatar(self, session: EmulatedSession) -> None:
         handle: AvatarHandle | None = session.avatar
@@ -404,6 +411,11 @@ class EmulatorServer(ABC):
         except Exception as error:
             session.avatar_error = error
         session.avatar_closed = True
+        self._notify()
+
+    def _mark_ended(self, session: EmulatedSession) -> None:
+        if session.ended_at is None and not session.active:
+            session.ended_at = asyncio.get_running_loop().time()
         self._notify()
 
     def _notify(self) -> None:

@@ -53,6 +53,8 @@ class EmulatedSession:
     avatar_launched: bool = False
     avatar_closed: bool = False
     avatar_error: BaseException | None = None
+    ended_at: float | None = None
+    """loop.time() when the session stopped being active (terminated, its avatar gone, failed)."""
 
     @property
     def active(self) -> bool:

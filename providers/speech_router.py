@@ -1,0 +1,441 @@
+"""Where the agent's speech goes: to the avatar, to the agent's own track, or held until one is ready.
+
+The router is the end of the session's audio chain for the whole job (RoomIO's transcript
+synchroniser wraps it). It keeps each utterance until its playout is over, which gives it three
+things the plain data-stream output cannot do:
+
+- speech that comes before the avatar's video waits here, and plays wherever it is sent first;
+- when the avatar goes away mid-utterance, the rest of the utterance (from a little before the point
+  the user had heard, at a pause) is played on the agent's own track at once;
+- an avatar that never confirms a playout cannot wedge the conversation: the utterance is over
+  `playout_grace` seconds after it should have ended, and the next one goes on.
+
+A sink (the avatar's `DataStreamAudioOutput`, the agent's `OwnVoice`) plays one utterance at a time,
+in order. A new avatar takes over from the agent's own voice between utterances, never within one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+import numpy as np
+from livekit import rtc
+from livekit.agents.voice.io import (
+    AudioOutput,
+    AudioOutputCapabilities,
+    PlaybackFinishedEvent,
+    PlaybackStartedEvent,
+)
+
+from .own_voice import OwnVoice
+
+logger = logging.getLogger("avatar.speech")
+
+SinkKind = Literal["avatar", "own_voice"]
+Route = Literal["held", "avatar", "own_voice"]
+
+# On a failover, replay from this far before the point the user is estimated to have heard
+# (an avatar's playout lags what it was sent), then back to the quietest moment within
+# `_PAUSE_SEARCH` before that, so the replay starts between words.
+_REPLAY_OVERLAP = 1.0
+_PAUSE_SEARCH = 0.6
+
+
+class OwnVoiceOutput(Protocol):
+    """The agent's own track, made when first needed and closed when an avatar is back."""
+
+    @property
+    def output(self) -> AudioOutput: ...
+
+    async def aclose(self) -> None: ...
+
+
+class _Sink:
+    """An audio output the router sends whole utterances to, one at a time."""
+
+    def __init__(self, output: AudioOutput, kind: SinkKind, name: str) -> None:
+        self.output = output
+        self.kind = kind
+        self.name = name
+        self._finished: asyncio.Future[PlaybackFinishedEvent] | None = None
+        self.on_started: Callable[[float], None] | None = None
+        output.on("playback_finished", self._on_finished)
+        output.on("playback_started", self._on_started)
+
+    def expect_playout(self) -> asyncio.Future[PlaybackFinishedEvent]:
+        self._finished = asyncio.get_running_loop().create_future()
+        return self._finished
+
+    @property
+    def awaited_playout(self) -> asyncio.Future[PlaybackFinishedEvent] | None:
+        return self._finished
+
+    def _on_finished(self, event: PlaybackFinishedEvent) -> None:
+        # An answer nobody waits for (late, after the router gave up on it) is dropped.
+        if self._finished is not None and not self._finished.done():
+            self._finished.set_result(event)
+
+    def _on_started(self, event: PlaybackStartedEvent) -> None:
+        if self.on_started is not None:
+            self.on_started(event.created_at)
+
+    def detach(self) -> None:
+        self.output.off("playback_finished", self._on_finished)
+        self.output.off("playback_started", self._on_started)
+        if self._finished is not None and not self._finished.done():
+            self._finished.cancel()
+
+
+@dataclass(eq=False)
+class _Utterance:
+    """One segment of the agent's speech, kept until its playout is over."""
+
+    frames: list[rtc.AudioFrame] = field(default_factory=list)
+    ends: list[float] = field(default_factory=list)  # end time of each frame in the utterance
+    flushed: bool = False
+    cleared: bool = False
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    more: asyncio.Event = field(default_factory=asyncio.Event)
+    reported_start: bool = False
+    sink: _Sink | None = None
+    first_index: int = 0  # where the current sink began in `frames`
+    sent: int = 0  # frames handed to the current sink (absolute index)
+    sink_flushed: bool = False
+    sink_started_at: float | None = None  # time.time() the current sink began to play it
+    task: asyncio.Task[None] | None = None
+
+    @property
+    def duration(self) -> float:
+        return self.ends[-1] if self.ends else 0.0
+
+    def offset_of(self, index: int) -> float:
+        return self.ends[index - 1] if index > 0 else 0.0
+
+    @property
+    def offset(self) -> float:
+        return self.offset_of(self.first_index)
+
+    def append(self, frame: rtc.AudioFrame) -> None:
+        self.frames.append(frame)
+        self.ends.append(self.duration + frame.duration)
+        self.more.set()
+
+    def heard(self, now: float) -> float:
+        """Where the user is, at best, in this utterance on its current sink."""
+        if self.sink_started_at is None:
+            return self.offset
+        playing = max(0.0, now - self.sink_started_at)
+        return min(self.offset_of(self.sent), self.offset + playing)
+
+    def replay_index(self, heard: float) -> int:
+        """The frame to replay from: a pause a little before `heard`."""
+        target = max(0.0, heard - _REPLAY_OVERLAP)
+        index = int(np.searchsorted(np.asarray(self.ends), target, side="right"))
+        earliest = int(np.searchsorted(np.asarray(self.ends), target - _PAUSE_SEARCH, "right"))
+        candidates = range(max(earliest, 0), min(index, len(self.frames) - 1) + 1)
+        if not candidates:
+            return min(index, len(self.frames))
+        return min(candidates, key=lambda i: _loudness(self.frames[i]))
+
+
+def _loudness(frame: rtc.AudioFrame) -> float:
+    samples = np.frombuffer(frame.data, dtype=np.int16)
+    return float(np.mean(np.abs(samples.astype(np.int32)))) if samples.size else 0.0
+
+
+class SpeechRouter(AudioOutput):
+    """The sink at the end of the agent's audio chain; see the module's docstring."""
+
+    def __init__(
+        self,
+        room: rtc.Room,
+        *,
+        sample_rate: int,
+        own_voice: Callable[[], OwnVoiceOutput] | None = None,
+        playout_grace: float = 2.0,
+        clear_timeout: float = 2.0,
+        on_sink_failed: Callable[[SinkKind, BaseException], None] | None = None,
+        on_unconfirmed: Callable[[SinkKind, float], None] | None = None,
+        on_first_audio: Callable[[SinkKind], None] | None = None,
+    ) -> None:
+        super().__init__(
+            label="AvatarSpeechRouter",
+            capabilities=AudioOutputCapabilities(pause=False),
+            sample_rate=sample_rate,
+        )
+        self._new_own_voice = own_voice or (lambda: OwnVoice(room, sample_rate=sample_rate))
+        self._playout_grace = playout_grace
+        self._clear_timeout = clear_timeout
+        self._on_sink_failed = on_sink_failed
+        self._on_unconfirmed = on_unconfirmed
+        self._on_first_audio = on_first_audio
+        self._sink: _Sink | None = None  # None: hold speech until a sink is chosen
+        self._next_avatar: _Sink | None = None  # takes over at the next utterance
+        self._own_voice: OwnVoiceOutput | None = None
+        self._utterances: deque[_Utterance] = deque()
+        self._capturing: _Utterance | None = None
+        self._first_audio_reported: set[SinkKind] = set()
+        self._closing_own_voice: set[asyncio.Task[None]] = set()
+
+    # -- where speech goes ---------------------------------------------------------------------
+
+    @property
+    def route(self) -> Route:
+        return "held" if self._sink is None else self._sink.kind
+
+    def to_avatar(self, output: AudioOutput, identity: str) -> None:
+        """Send speech to this avatar: now if nothing is playing, else from the next utterance."""
+        sink = _Sink(output, "avatar", identity)
+        if self._next_avatar is not None:
+            self._next_avatar.detach()
+        self._next_avatar = sink
+        if self._sink is None or not self._playing_on(self._sink):
+            self._take_next_avatar()
+
+    def to_own_voice(self) -> None:
+        """Speak in the agent's own track from now on; what the avatar had not played is replayed."""
+        if self._next_avatar is not None:
+            self._next_avatar.detach()
+            self._next_avatar = None
+        if self._sink is not None and self._sink.kind == "own_voice":
+            return
+        old = self._sink
+        if self._own_voice is None:
+            self._own_voice = self._new_own_voice()
+        self._sink = _Sink(self._own_voice.output, "own_voice", "agent")
+        now = time.time()
+        for utterance in self._pending():
+            if utterance.sink is old and old is not None:
+                self._move(utterance, now)
+            elif utterance.sink is None:
+                self._play(utterance, self._sink, first_index=0)
+        if old is not None:
+            old.detach()
+
+    def _playing_on(self, sink: _Sink) -> bool:
+        return any(u.sink is sink for u in self._pending())
+
+    def _pending(self) -> list[_Utterance]:
+        return [u for u in self._utterances if not u.done.is_set()]
+
+    def _take_next_avatar(self) -> None:
+        sink, self._next_avatar = self._next_avatar, None
+        if sink is None:
+            return
+        old = self._sink
+        self._sink = sink
+        for utterance in self._pending():
+            if utterance.sink is None:
+                self._play(utterance, sink, first_index=0)
+        if old is not None:
+            old.detach()
+            if old.kind == "own_voice":
+                self._release_own_voice()
+
+    def _release_own_voice(self) -> None:
+        own, self._own_voice = self._own_voice, None
+        if own is not None:
+            task = asyncio.create_task(own.aclose(), name="own-voice-close")
+            self._closing_own_voice.add(task)
+            task.add_done_callback(self._closing_own_voice.discard)
+
+    def _move(self, utterance: _Utterance, now: float) -> None:
+        """Re-route an utterance from a sink that is gone to the current one."""
+        assert self._sink is not None
+        if utterance.task is not None:
+            utterance.task.cancel()
+        played_for = now - utterance.sink_started_at if utterance.sink_started_at else 0.0
+        if (
+            utterance.flushed
+            and utterance.sent == len(utterance.frames)
+            and utterance.sink_started_at is not None
+            and played_for >= utterance.duration - utterance.offset
+        ):
+            # The old sink had the time to play all of it: nothing to repeat.
+            self._finish(utterance, utterance.duration, interrupted=False)
+            return
+        self._play(utterance, self._sink, first_index=utterance.replay_index(utterance.heard(now)))
+
+    # -- the AudioOutput interface -------------------------------------------------------------
+
+    async def capture_frame(self, frame: rtc.AudioFrame) -> None:
+        await super().capture_frame(frame)
+        utterance = self._capturing
+        if utterance is None:
+            utterance = _Utterance()
+            self._capturing = utterance
+            self._utterances.append(utterance)
+            if self._next_avatar is not None and (
+                self._sink is None or not self._playing_on(self._sink)
+            ):
+                self._take_next_avatar()
+            if self._sink is not None:
+                self._play(utterance, self._sink, first_index=0)
+        if not utterance.cleared:
+            utterance.append(frame)
+
+    def flush(self) -> None:
+        super().flush()
+        utterance, self._capturing = self._capturing, None
+        if utterance is not None:
+            utterance.flushed = True
+            utterance.more.set()
+
+    def clear_buffer(self) -> None:
+        for utterance in self._pending():
+            if utterance.cleared:
+                continue
+            utterance.cleared = True
+            utterance.more.set()
+            if utterance.task is not None:
+                utterance.task.cancel()
+            utterance.task = asyncio.create_task(self._clear(utterance), name="speech-clear")
+
+    async def aclose(self) -> None:
+        """Stop every playout and unpublish the agent's own track if it is up."""
+        for utterance in self._pending():
+            if utterance.task is not None:
+                utterance.task.cancel()
+            self._finish(utterance, utterance.heard(time.time()), interrupted=True)
+        for sink in (self._sink, self._next_avatar):
+            if sink is not None:
+                sink.detach()
+        self._sink = self._next_avatar = None
+        if self._own_voice is not None:
+            await self._own_voice.aclose()
+            self._own_voice = None
+        await asyncio.gather(*self._closing_own_voice, return_exceptions=True)
+
+    # -- playing one utterance on one sink -----------------------------------------------------
+
+    def _play(self, utterance: _Utterance, sink: _Sink, *, first_index: int) -> None:
+        utterance.sink = sink
+        utterance.first_index = utterance.sent = first_index
+        utterance.sink_started_at = None
+        utterance.sink_flushed = False
+        previous = self._previous(utterance)
+        utterance.task = asyncio.create_task(
+            self._playout(utterance, sink, previous), name=f"speech-to-{sink.kind}"
+        )
+
+    def _previous(self, utterance: _Utterance) -> _Utterance | None:
+        earlier = None
+        for other in self._utterances:
+            if other is utterance:
+                return earlier
+            if not other.done.is_set():
+                earlier = other
+        return earlier
+
+    async def _playout(
+        self, utterance: _Utterance, sink: _Sink, previous: _Utterance | None
+    ) -> None:
+        if previous is not None:
+            await previous.done.wait()  # one utterance at a time per sink, in order
+        finished = sink.expect_playout()
+        sink.on_started = lambda at: self._sink_started(utterance, sink, at)
+        try:
+            while True:
+                while utterance.sent < len(utterance.frames):
+                    frame = utterance.frames[utterance.sent]
+                    await sink.output.capture_frame(frame)
+                    if utterance.sent == utterance.first_index:
+                        self._first_audio(sink)
+                        if utterance.sink_started_at is None:
+                            self._sink_started(utterance, sink, time.time())
+                    utterance.sent += 1
+                if utterance.flushed:
+                    break
+                utterance.more.clear()
+                await utterance.more.wait()
+            if utterance.sent == utterance.first_index:
+                self._finish(utterance, utterance.duration, interrupted=False)
+                return
+            sink.output.flush()
+            utterance.sink_flushed = True
+            started = utterance.sink_started_at or time.time()
+            due = started + (utterance.duration - utterance.offset) - time.time()
+            try:
+                event = await asyncio.wait_for(
+                    asyncio.shield(finished), max(0.0, due) + self._playout_grace
+                )
+            except TimeoutError:
+                logger.warning(
+                    "the %s did not confirm the end of an utterance %.1fs after it was due; "
+                    "the conversation goes on",
+                    sink.kind,
+                    self._playout_grace,
+                    extra={"sink": sink.name},
+                )
+                if self._on_unconfirmed is not None:
+                    self._on_unconfirmed(sink.kind, utterance.duration)
+                self._finish(utterance, utterance.duration, interrupted=False)
+                return
+            self._finish(
+                utterance, utterance.offset + event.playback_position, interrupted=event.interrupted
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            logger.error("speech to the %s failed: %r", sink.kind, error, extra={"sink": sink.name})
+            if self._on_sink_failed is not None and sink is self._sink:
+                self._on_sink_failed(sink.kind, error)  # may move this utterance elsewhere
+            if utterance.sink is sink:
+                self._finish(utterance, utterance.heard(time.time()), interrupted=True)
+
+    def _sink_started(self, utterance: _Utterance, sink: _Sink, at: float) -> None:
+        if utterance.sink is not sink or utterance.sink_started_at is not None:
+            return
+        utterance.sink_started_at = at
+        if not utterance.reported_start:
+            utterance.reported_start = True
+            self.on_playback_started(created_at=at)
+
+    def _first_audio(self, sink: _Sink) -> None:
+        if sink.kind not in self._first_audio_reported:
+            self._first_audio_reported.add(sink.kind)
+            if self._on_first_audio is not None:
+                self._on_first_audio(sink.kind)
+
+    async def _clear(self, utterance: _Utterance) -> None:
+        sink = utterance.sink
+        if sink is None or utterance.sent == utterance.first_index:
+            self._finish(utterance, utterance.offset, interrupted=True)
+            return
+        finished = sink.awaited_playout
+        try:
+            if not utterance.sink_flushed:
+                utterance.sink_flushed = True
+                sink.output.flush()  # a sink ends a segment on flush; the clear then interrupts it
+            sink.output.clear_buffer()
+        except Exception as error:
+            logger.warning("clearing the %s failed: %r", sink.kind, error)
+        position = utterance.heard(time.time())
+        if finished is not None:
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                event = await asyncio.wait_for(asyncio.shield(finished), self._clear_timeout)
+                position = utterance.offset + event.playback_position
+        self._finish(utterance, position, interrupted=True)
+
+    def _finish(self, utterance: _Utterance, position: float, *, interrupted: bool) -> None:
+        if utterance.done.is_set():
+            return
+        utterance.done.set()
+        with contextlib.suppress(ValueError):
+            self._utterances.remove(utterance)
+        self.on_playback_finished(
+            playback_position=min(max(position, 0.0), utterance.duration), interrupted=interrupted
+        )
+        if (
+            self._next_avatar is not None
+            and self._sink is not None
+            and not self._playing_on(self._sink)
+        ):
+            self._take_next_avatar()

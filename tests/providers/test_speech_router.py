@@ -1,0 +1,272 @@
+"""The speech router on its own: held speech, failover with replay, bounded playouts, handover.
+
+The sinks here stand in for the avatar's data stream and the agent's own track: they record what
+they are given and answer playback events when the test says so, as a remote avatar would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+from livekit import rtc
+from livekit.agents.voice.io import AudioOutput, AudioOutputCapabilities, PlaybackFinishedEvent
+
+from providers.speech_router import SinkKind, SpeechRouter
+
+RATE = 16000
+FRAME_S = 0.02
+
+
+class Changes:
+    """Wakes a test waiting on what the fake sinks saw."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def notify(self) -> None:
+        self._event.set()
+
+    async def until(self, condition: Callable[[], bool], timeout: float = 2.0) -> None:
+        async with asyncio.timeout(timeout):
+            while not condition():
+                self._event.clear()
+                await self._event.wait()
+
+
+CHANGES = Changes()
+until = CHANGES.until
+
+
+def frame(level: int) -> rtc.AudioFrame:
+    samples = np.full(int(RATE * FRAME_S), level, dtype=np.int16)
+    return rtc.AudioFrame(samples.tobytes(), RATE, 1, samples.size)
+
+
+class RecordingSink(AudioOutput):
+    """Records segments; says playback started at its first frame; finishes when told."""
+
+    def __init__(self, *, started_ago: float = 0.0) -> None:
+        super().__init__(label="test-sink", capabilities=AudioOutputCapabilities(pause=False))
+        self.segments: list[list[rtc.AudioFrame]] = []
+        self.flushes = 0
+        self.clears = 0
+        self.answer_clears = True
+        self.started_ago = started_ago
+        self._open = False
+
+    async def capture_frame(self, frame: rtc.AudioFrame) -> None:
+        await super().capture_frame(frame)
+        if not self._open:
+            self._open = True
+            self.segments.append([])
+            self.on_playback_started(created_at=time.time() - self.started_ago)
+        self.segments[-1].append(frame)
+        CHANGES.notify()
+
+    def flush(self) -> None:
+        super().flush()
+        self._open = False
+        self.flushes += 1
+        CHANGES.notify()
+
+    def clear_buffer(self) -> None:
+        self.clears += 1
+        if self.answer_clears:
+            self.finish(0.3, interrupted=True)
+
+    def finish(self, position: float, *, interrupted: bool = False) -> None:
+        self.on_playback_finished(playback_position=position, interrupted=interrupted)
+
+
+class FakeOwnVoice:
+    def __init__(self) -> None:
+        self.output = RecordingSink()
+        self.closed = False
+
+    async def aclose(self) -> None:
+        self.closed = True
+        CHANGES.notify()
+
+
+class Harness:
+    def __init__(self, *, playout_grace: float = 2.0, clear_timeout: float = 2.0) -> None:
+        self.own_voices: list[FakeOwnVoice] = []
+        self.unconfirmed: list[SinkKind] = []
+        self.first_audio: list[SinkKind] = []
+        self.router = SpeechRouter(
+            rtc.Room(),
+            sample_rate=RATE,
+            own_voice=self._own_voice,
+            playout_grace=playout_grace,
+            clear_timeout=clear_timeout,
+            on_unconfirmed=lambda kind, _: self.unconfirmed.append(kind),
+            on_first_audio=self.first_audio.append,
+        )
+
+    def _own_voice(self) -> FakeOwnVoice:
+        voice = FakeOwnVoice()
+        self.own_voices.append(voice)
+        return voice
+
+    async def say(self, levels: list[int]) -> None:
+        for level in levels:
+            await self.router.capture_frame(frame(level))
+        self.router.flush()
+
+
+def levels_of(frames: list[rtc.AudioFrame]) -> list[int]:
+    return [int(np.frombuffer(f.data, dtype=np.int16)[0]) for f in frames]
+
+
+async def test_speech_before_any_sink_is_held_then_played_whole() -> None:
+    harness = Harness()
+    router = harness.router
+    await harness.say(list(range(1, 11)))
+    assert router.route == "held"
+    playout = asyncio.create_task(router.wait_for_playout())
+    await asyncio.sleep(0.05)
+    assert not playout.done()  # nothing can have played: nowhere to play it
+
+    avatar = RecordingSink()
+    router.to_avatar(avatar, "avatar-1")
+    await until(lambda: avatar.flushes == 1)
+    assert levels_of(avatar.segments[0]) == list(range(1, 11))
+    assert harness.first_audio == ["avatar"]
+    avatar.finish(0.2)
+    event = await asyncio.wait_for(playout, 1)
+    assert event.playback_position == pytest.approx(0.2)
+    assert event.interrupted is False
+
+
+async def test_a_lost_avatar_hands_the_unheard_rest_to_the_agents_voice_from_a_pause() -> None:
+    harness = Harness()
+    router = harness.router
+    # The avatar says it began 1.5 s ago: the user heard about 1.5 s of this 2 s utterance.
+    avatar = RecordingSink(started_ago=1.5)
+    router.to_avatar(avatar, "avatar-1")
+    levels = [3000] * 100
+    levels[20] = 5  # a pause at 0.40 s, within the replay window before 1.5 - 1.0 = 0.5 s
+    await harness.say(levels)
+    await until(lambda: avatar.flushes == 1)
+
+    router.to_own_voice()
+    assert router.route == "own_voice"
+    own = harness.own_voices[0].output
+    await until(lambda: own.flushes == 1)
+    assert levels_of(own.segments[0]) == levels[20:]  # replayed from the pause
+    avatar.finish(2.0)  # a late answer from the old avatar is not taken for the replay's
+    playout = asyncio.create_task(router.wait_for_playout())
+    await asyncio.sleep(0.05)
+    assert not playout.done()
+    own.finish(1.6)
+    event = await asyncio.wait_for(playout, 1)
+    assert event.playback_position == pytest.approx(0.4 + 1.6)
+    assert not event.interrupted
+
+
+async def test_a_lost_avatar_that_had_time_to_play_everything_repeats_nothing() -> None:
+    harness = Harness()
+    avatar = RecordingSink(started_ago=5.0)
+    harness.router.to_avatar(avatar, "avatar-1")
+    await harness.say([3000] * 10)
+    await until(lambda: avatar.flushes == 1)
+    harness.router.to_own_voice()
+    event = await asyncio.wait_for(harness.router.wait_for_playout(), 1)
+    assert not event.interrupted
+    await asyncio.sleep(0.05)
+    assert harness.own_voices[0].output.segments == []
+
+
+async def test_an_avatar_that_never_confirms_a_playout_cannot_wedge_the_turn() -> None:
+    harness = Harness(playout_grace=0.2)
+    avatar = RecordingSink()
+    harness.router.to_avatar(avatar, "avatar-1")
+    started = time.monotonic()
+    await harness.say([3000] * 5)  # 0.1 s of speech, never confirmed
+    event = await asyncio.wait_for(harness.router.wait_for_playout(), 2)
+    assert 0.25 <= time.monotonic() - started < 1.0
+    assert event.playback_position == pytest.approx(0.1)
+    assert event.interrupted is False
+    assert harness.unconfirmed == ["avatar"]
+    # the next utterance is not held up by the missing answer
+    await harness.say([3000] * 5)
+    await until(lambda: len(avatar.segments) == 2)
+
+
+async def test_an_interruption_of_held_speech_ends_it_at_once() -> None:
+    harness = Harness()
+    await harness.say([3000] * 5)
+    harness.router.clear_buffer()
+    event = await asyncio.wait_for(harness.router.wait_for_playout(), 1)
+    assert (event.playback_position, event.interrupted) == (0.0, True)
+
+
+async def test_an_interruption_waits_for_the_sinks_answer_but_not_forever() -> None:
+    harness = Harness(clear_timeout=0.3)
+    avatar = RecordingSink()
+    harness.router.to_avatar(avatar, "avatar-1")
+    await harness.say([3000] * 50)
+    await until(lambda: avatar.flushes == 1)
+    harness.router.clear_buffer()
+    event = await asyncio.wait_for(harness.router.wait_for_playout(), 1)
+    assert event.playback_position == pytest.approx(0.3)
+    assert event.interrupted is True
+
+    avatar.answer_clears = False  # a lost answer to lk.clear_buffer
+    await harness.say([3000] * 50)
+    await until(lambda: avatar.flushes == 2)
+    started = time.monotonic()
+    harness.router.clear_buffer()
+    event = await asyncio.wait_for(harness.router.wait_for_playout(), 1)
+    assert event.interrupted
+    assert 0.25 <= time.monotonic() - started < 0.8
+
+
+async def test_a_new_avatar_takes_over_between_utterances_and_the_agents_track_goes() -> None:
+    harness = Harness()
+    router = harness.router
+    router.to_own_voice()  # the avatar failed to start
+    await harness.say([1] * 5)
+    own_voice = harness.own_voices[0]
+    await until(lambda: own_voice.output.flushes == 1)
+
+    avatar = RecordingSink()
+    router.to_avatar(avatar, "avatar-2")  # back while the agent's own voice speaks
+    assert str(router.route) == "own_voice"
+    await asyncio.sleep(0.05)
+    assert avatar.segments == []  # not within an utterance
+    own_voice.output.finish(0.1)
+    await until(lambda: own_voice.closed)
+    assert router.route == "avatar"
+
+    await harness.say([2] * 5)
+    await until(lambda: avatar.flushes == 1)
+    assert levels_of(avatar.segments[0]) == [2] * 5
+    assert len(own_voice.output.segments) == 1
+
+
+async def test_an_avatar_chosen_while_idle_takes_over_at_once() -> None:
+    harness = Harness()
+    harness.router.to_own_voice()
+    avatar = RecordingSink()
+    harness.router.to_avatar(avatar, "avatar-2")
+    assert harness.router.route == "avatar"
+    await until(lambda: harness.own_voices[0].closed)
+
+
+async def test_speech_captured_after_an_interruption_is_not_played() -> None:
+    harness = Harness()
+    avatar = RecordingSink()
+    harness.router.to_avatar(avatar, "avatar-1")
+    await harness.router.capture_frame(frame(1))
+    await until(lambda: len(avatar.segments) == 1)
+    harness.router.clear_buffer()
+    await harness.router.capture_frame(frame(2))
+    harness.router.flush()
+    event: PlaybackFinishedEvent = await asyncio.wait_for(harness.router.wait_for_playout(), 1)
+    assert event.interrupted
+    assert levels_of(avatar.segments[0]) == [1]
