@@ -84,6 +84,8 @@ class ProviderAvatarSession(ABC):
         self.session_id: str | None = None
         self._starting: asyncio.Task[str] | None = None
         self._stopped: asyncio.Task[StopOutcome] | None = None
+        self._stop_requested = False
+        self._create_sent = False
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(identity={self.identity!r}, session_id={self.session_id!r})"
@@ -112,6 +114,16 @@ class ProviderAvatarSession(ABC):
     async def _stop_provider(self, session_id: str, deadline: float) -> None:  # noqa: B027
         """End the provider's session by `deadline` (loop time), where the provider has a way to."""
 
+    def _creating(self) -> None:
+        """`_start_provider` calls this right before the request that may start a billed session.
+
+        A session asked to stop before then never sends it (nothing can have been made so far, and
+        the start is simply abandoned); after it, `stop` waits for its reply to end what it made.
+        """
+        if self._stop_requested:
+            raise asyncio.CancelledError("the session was stopped before its create was sent")
+        self._create_sent = True
+
     async def start(self, request: ProviderStartRequest) -> str:
         """Start the session; returns the provider's session id.
 
@@ -139,15 +151,20 @@ class ProviderAvatarSession(ABC):
     async def _stop(self) -> StopOutcome:
         loop = asyncio.get_running_loop()
         budget = self._options.stop_timeout
-        if self._starting is not None and not self._starting.done():
-            # The create's reply is the only way to learn the id of the session it made.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._starting), budget)
-            if not self._starting.done():
-                self._starting.cancel()  # the HTTP layer counts a create cut off in flight
-        if self._starting is not None and self._starting.done() and not self._starting.cancelled():
+        self._stop_requested = True
+        starting = self._starting
+        if starting is not None and not starting.done():
+            if not self._create_sent:
+                starting.cancel()  # nothing billed was asked for yet
+            # The create's reply is the only way to learn the id of the session it made; the start
+            # is bounded by its own deadline, this only backs that up.
+            await asyncio.wait({starting}, timeout=self._options.start_timeout)
+            if not starting.done():
+                starting.cancel()  # the HTTP layer counts a create cut off in flight
+                await asyncio.wait({starting})
+        if starting is not None and starting.done() and not starting.cancelled():
             with contextlib.suppress(Exception):
-                self._starting.result()  # retrieved here; the starter saw and reported it
+                starting.result()  # retrieved here; the starter saw and reported it
         if self.session_id is None or not self.can_stop:
             return StopOutcome(self.session_id)
         # The provider call has its own deadline inside this one, so a slow stop says why it failed.

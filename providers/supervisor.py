@@ -31,6 +31,7 @@ from livekit.agents import AgentSession, utils
 from livekit.agents.voice.avatar import DataStreamAudioOutput
 from livekit.agents.voice.events import MetricsCollectedEvent
 from livekit.agents.voice.room_io import ATTRIBUTE_PUBLISH_ON_BEHALF
+from livekit.agents.voice.room_io.types import DEFAULT_CLOSE_ON_DISCONNECT_REASONS
 
 from .errors import AvatarJoinTimeoutError
 from .lifecycle import AvatarLifecycleMetrics, JobTimeline
@@ -122,6 +123,8 @@ class AvatarSupervisor:
         self._closing: asyncio.Task[None] | None = None
         self._unended: list[str] = []
         self._listening = False
+        self._session: AgentSession[Any] | None = None
+        self._scan: asyncio.Task[None] | None = None
 
     # -- the job's side ------------------------------------------------------------------------
 
@@ -131,6 +134,7 @@ class AvatarSupervisor:
         Call before `session.start`: RoomIO then wraps the router instead of making its own output.
         """
         session.output.audio = self.router
+        self._session = session
 
         def to_session_metrics(metrics: AvatarLifecycleMetrics) -> None:
             session.emit("metrics_collected", MetricsCollectedEvent(metrics=metrics))
@@ -159,6 +163,7 @@ class AvatarSupervisor:
     # -- start, watch, recover -----------------------------------------------------------------
 
     async def _run(self) -> None:
+        self._scan = asyncio.create_task(self._scan_once_connected(), name="avatar-guard-scan")
         if not await self._attempt(0):
             return
         restarts = 0
@@ -323,8 +328,13 @@ class AvatarSupervisor:
         method("participant_disconnected", self._on_participant_disconnected)
         method("track_unpublished", self._on_track_unpublished)
         method("disconnected", self._on_room_disconnected)
+        method("reconnected", self._on_room_connected)
 
     def _on_participant_disconnected(self, participant: rtc.RemoteParticipant) -> None:
+        if self._ends_the_conversation(participant):
+            # The session closes on this too, but only after its own teardown: do not wait for it.
+            self.begin_end()
+            return
         if self._live is not None and participant.identity == self._live.identity:
             reason = rtc.DisconnectReason.Name(
                 participant.disconnect_reason or rtc.DisconnectReason.UNKNOWN_REASON
@@ -359,6 +369,28 @@ class AvatarSupervisor:
 
     def _on_room_disconnected(self, *_: object) -> None:
         self.begin_end()
+
+    def _on_room_connected(self, *_: object) -> None:
+        # Participants already in the room raise no event of their own: a stray among them too.
+        self._remove_strays()
+
+    async def _scan_once_connected(self) -> None:
+        await self._connect()
+        self._remove_strays()
+
+    def _ends_the_conversation(self, participant: rtc.RemoteParticipant) -> bool:
+        """The user RoomIO talks with left for good: the session will close (as RoomIO does)."""
+        if self._session is None:
+            return False
+        try:
+            linked = self._session.room_io.linked_participant
+        except RuntimeError:  # the session has no RoomIO (yet)
+            return False
+        return (
+            linked is not None
+            and linked.identity == participant.identity
+            and participant.disconnect_reason in DEFAULT_CLOSE_ON_DISCONNECT_REASONS
+        )
 
     def _avatar_lost(self, reason: str) -> None:
         session, self._live = self._live, None
@@ -424,7 +456,13 @@ class AvatarSupervisor:
         outcome = await session.stop()
         if outcome.unended:
             self._unended.append(f"{session.provider} {outcome.session_id}: {outcome.unended}")
-        await self._remove_participant(session.identity)
+        if await self._remove_participant(session.identity):
+            self._timeline.event(
+                "removed",
+                provider_session_id=session.session_id,
+                reason=f"{session.identity} removed as its session ended",
+                identity=session.identity,
+            )
 
     async def _end_all(self) -> None:
         started = self._timeline.now()
@@ -432,13 +470,17 @@ class AvatarSupervisor:
         self._live = None
         if self._run_task is not None:
             await utils.aio.cancel_and_wait(self._run_task)
+        if self._scan is not None:
+            await utils.aio.cancel_and_wait(self._scan)
+        # The conversation is over: no more speech to any avatar (the session's own teardown
+        # would otherwise clear an avatar that is being removed) and no agent track.
+        await self.router.aclose()
         for session in self._sessions:
             self._end_soon(session)
         await asyncio.gather(*self._ending_sessions.values(), return_exceptions=True)
         await self._wait_for_stragglers()
         self._listen(False)
         await asyncio.gather(*self._tasks, return_exceptions=True)  # removals under way
-        await self.router.aclose()
         if self._provider.aclose is not None:
             await self._provider.aclose()
         self._timeline.report_startup()

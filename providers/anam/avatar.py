@@ -28,5 +28,6 @@ class AnamAvatarSession(ProviderAvatarSession):
             livekit_token=request.livekit_token,
             deadline=request.deadline,
         )
+        self._creating()  # the engine session is the billed one
         engine = await self._api.start_engine_session(session_token, deadline=request.deadline)
         return engine.session_id

@@ -23,6 +23,7 @@ class LemonSliceAvatarSession(ProviderAvatarSession):
         self._agent = agent
 
     async def _start_provider(self, request: ProviderStartRequest) -> str:
+        self._creating()
         return await self._api.start_agent_session(
             self._agent,
             livekit_url=request.livekit_url,

@@ -26,6 +26,7 @@ class LocalAvatarSession(ProviderAvatarSession):
             options=LocalAvatarOptions(audio_sample_rate=SAMPLE_RATE),
         )
         self._participant = participant
+        self._creating()
         await participant.start()
         return f"local-{uuid.uuid4().hex[:12]}"
 

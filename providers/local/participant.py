@@ -331,6 +331,7 @@ class LocalAvatarParticipant:
         self._close_task: asyncio.Task[None] | None = None
         self._close_requested = asyncio.Event()
         self._started = False
+        self._listening = asyncio.Event()
         self._clear_generation = 0
 
     def __repr__(self) -> str:
@@ -388,12 +389,27 @@ class LocalAvatarParticipant:
             )
             self._spawn(self._render_loop(), "render")
             # Listen for speech before the video is out: the agent starts talking on seeing it.
+            # (The avatar may be in the room before the agent is: its first words must not arrive
+            # before the handler for them is registered, so the video waits for the listener.)
             self._spawn(self._serve_speech(room), "speech")
+            await self._wait_listening()
             await self._publish_tracks(room)
         except BaseException:
             await self.aclose()
             raise
         logger.info("local avatar %s joined room %s", self._identity, room.name)
+
+    async def _wait_listening(self) -> None:
+        # The speech task can also end (the room closing): do not wait on it then.
+        listening = asyncio.ensure_future(self._listening.wait())
+        closing = asyncio.ensure_future(self._close_requested.wait())
+        try:
+            await asyncio.wait({listening, closing}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            listening.cancel()
+            closing.cancel()
+        if not self._listening.is_set():
+            raise RuntimeError("the local avatar closed before it could listen for speech")
 
     async def _publish_tracks(self, room: rtc.Room) -> None:
         assert self._audio_source is not None and self._video_source is not None
@@ -484,6 +500,7 @@ class LocalAvatarParticipant:
         self._receiver = receiver
         receiver.on("clear_buffer", self._on_clear_buffer)
         await receiver.start()
+        self._listening.set()
         async for item in receiver:
             if isinstance(item, rtc.AudioFrame) and item.sample_rate not in (
                 rates := self._counters.input_sample_rates

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from livekit import rtc
+from livekit.agents import AgentSession
 
 from config import Settings, load_settings
 from providers.lifecycle import AvatarLifecycleMetrics, JobTimeline
@@ -91,7 +92,9 @@ class Harness:
         values |= {name.lower(): value for name, value in extra.items()}
         return load_settings(**values)
 
-    def start(self, settings: Settings) -> AvatarSupervisor:
+    def start(
+        self, settings: Settings, session: AgentSession[Any] | None = None
+    ) -> AvatarSupervisor:
         timeline = JobTimeline(room=self.room.name, provider=settings.provider)
         timeline.add_metrics_sink(self.log)
         supervisor = avatar_for_job(
@@ -101,6 +104,8 @@ class Harness:
             timeline=timeline,
             connect=_connected,
         )
+        if session is not None:
+            supervisor.attach(session)
         self.supervisors.append(supervisor)
         supervisor.start()
         return supervisor
@@ -164,9 +169,22 @@ async def test_the_avatar_joins_speaks_for_the_agent_and_the_end_ends_it_once(
     harness: Harness, lemonslice: tuple[LemonSliceEmulator, LocalAvatarLauncher]
 ) -> None:
     emulator, launcher = lemonslice
-    supervisor = harness.start(harness.settings("lemonslice", emulator))
+    session: AgentSession[Any] = AgentSession()
+    in_session: list[AvatarLifecycleMetrics] = []
+    session.on(
+        "metrics_collected",
+        lambda event: (
+            in_session.append(event.metrics)
+            if isinstance(event.metrics, AvatarLifecycleMetrics)
+            else None
+        ),
+    )
+    supervisor = harness.start(harness.settings("lemonslice", emulator), session)
+    assert session.output.audio is supervisor.router  # RoomIO will wrap it, not replace it
     await harness.log.wait_for("joined")
     assert route(supervisor) == "avatar"
+    # the same events, as the session's metrics
+    assert [m.event for m in in_session] == [m.event for m in harness.log.events]
     avatar = harness.room.remote_participants["lemonslice-avatar-agent"]
     assert avatar.attributes["lk.publish_on_behalf"] == AGENT
     joined = harness.log.named("joined")[0]

@@ -11,6 +11,7 @@ running avatar crash or stop its video.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -58,10 +59,23 @@ class LaunchedAvatar:
         self._watch = asyncio.create_task(self._report_when_gone())
 
     async def _report_when_gone(self) -> None:
-        if self.participant is None:
+        participant = self.participant
+        if participant is None:
             return
-        await self.participant.wait_closed()
+        # A provider learns its avatar is out of the room when the room lets go of it, not when
+        # the avatar process has finished shutting down.
+        left = asyncio.Event()
+        room = participant.room
+        if room is not None:
+            room.on("disconnected", lambda *_: left.set())
+        closed = asyncio.ensure_future(participant.wait_closed())
+        gone = asyncio.ensure_future(left.wait())
+        try:
+            await asyncio.wait({closed, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
         self.launch.avatar_left()
+        await closed
 
     @property
     def identity(self) -> str | None:
@@ -71,7 +85,6 @@ class LaunchedAvatar:
         """Drop out of the room as a crashed avatar does: no goodbye to the agent."""
         assert self.participant is not None and self.participant.room is not None
         await self.participant.room.disconnect()
-        await self.participant.wait_closed()
 
     async def stop_video(self) -> None:
         """Unpublish the video track and stay in the room."""
@@ -119,7 +132,18 @@ class LocalAvatarLauncher:
             launch.livekit_token,
             options=LocalAvatarOptions(audio_sample_rate=launch.sample_rate),
         )
-        await participant.start()
+        # Removed from the room while still starting (publishing can then wait forever): as a
+        # provider would, count the avatar as gone rather than wait on it.
+        starting = asyncio.ensure_future(participant.start())
+        closing = asyncio.ensure_future(participant.wait_closed())
+        await asyncio.wait({starting, closing}, return_when=asyncio.FIRST_COMPLETED)
+        if starting.done():
+            closing.cancel()
+            starting.result()
+        else:
+            starting.cancel()
+            with contextlib.suppress(BaseException):
+                await starting
         avatar = LaunchedAvatar(launch, participant)
         self.launched.append(avatar)
         return avatar

@@ -37,13 +37,53 @@ class RoomUser:
     def __init__(self, room: rtc.Room) -> None:
         self.room = room
         self._changed = asyncio.Event()
-        room.on("participant_connected", lambda *_: self._changed.set())
-        room.on("participant_disconnected", lambda *_: self._changed.set())
-        room.on("track_subscribed", lambda *_: self._changed.set())
+        # time.monotonic() of each participant's last arrival and departure, as this user saw them
+        self.joined_at: dict[str, float] = {
+            identity: time.monotonic() for identity in room.remote_participants
+        }
+        self.left_at: dict[str, float] = {}
+        self.video_at: dict[str, float] = {}  # when each participant's video track was subscribed
+        room.on("participant_connected", self._on_joined)
+        room.on("participant_disconnected", self._on_left)
+        room.on("track_subscribed", self._on_track_subscribed)
+        room.on("track_unpublished", lambda *_: self._changed.set())
         room.on("participant_attributes_changed", lambda *_: self._changed.set())
         self.transcripts: list[Transcript] = []
         self._readers: set[asyncio.Task[None]] = set()
         room.register_text_stream_handler(TRANSCRIPTION_TOPIC, self._on_transcription)
+
+    def _on_joined(self, participant: rtc.RemoteParticipant) -> None:
+        self.joined_at[participant.identity] = time.monotonic()
+        self._changed.set()
+
+    def _on_track_subscribed(
+        self,
+        track: rtc.Track,
+        publication: rtc.RemoteTrackPublication,
+        participant: rtc.RemoteParticipant,
+    ) -> None:
+        if track.kind == rtc.TrackKind.KIND_VIDEO:
+            self.video_at.setdefault(participant.identity, time.monotonic())
+        self._changed.set()
+
+    async def wait_for_video(self, identity: str, *, timeout: float = 30.0) -> float:
+        """When this user got `identity`'s video track, waiting for it up to `timeout`."""
+        found = await self._until(lambda: self.video_at.get(identity), timeout)
+        assert isinstance(found, float)
+        return found
+
+    async def wait_for_visit(self, identity: str, *, timeout: float = 30.0) -> tuple[float, float]:
+        """When `identity` came and when it left again (however brief its stay)."""
+        await self._until(lambda: identity in self.joined_at and identity in self.left_at, timeout)
+        return self.joined_at[identity], self.left_at[identity]
+
+    def _on_left(self, participant: rtc.RemoteParticipant) -> None:
+        self.left_at[participant.identity] = time.monotonic()
+        self._changed.set()
+
+    def listen(self, threshold: float) -> Ears:
+        """Hear every audio track from now on, and remember when each participant was audible."""
+        return Ears(self, threshold)
 
     def _on_transcription(self, reader: rtc.TextStreamReader, speaker: str) -> None:
         async def read() -> None:
@@ -179,3 +219,62 @@ class RoomUser:
         finally:
             await stream.aclose()
         return loudest
+
+
+class Ears:
+    """A user's hearing: every audio track in the room, subscribed or to come, frame by frame.
+
+    Times are time.monotonic() at the frame's arrival; a frame counts as audible at or above
+    `threshold` RMS (int16 units).
+    """
+
+    def __init__(self, user: RoomUser, threshold: float) -> None:
+        self._user = user
+        self._threshold = threshold
+        self.audible: dict[str, list[float]] = {}
+        self._streams: dict[str, asyncio.Task[None]] = {}
+        user.room.on("track_subscribed", self._on_track)
+        for participant in user.room.remote_participants.values():
+            for publication in participant.track_publications.values():
+                if publication.track is not None:
+                    self._on_track(publication.track, publication, participant)
+
+    def _on_track(
+        self,
+        track: rtc.Track,
+        publication: rtc.RemoteTrackPublication,
+        participant: rtc.RemoteParticipant,
+    ) -> None:
+        if track.kind != rtc.TrackKind.KIND_AUDIO or track.sid in self._streams:
+            return
+        self._streams[track.sid] = asyncio.create_task(self._hear(track, participant.identity))
+
+    async def _hear(self, track: rtc.Track, identity: str) -> None:
+        stream = rtc.AudioStream(track)
+        try:
+            async for event in stream:
+                samples = np.frombuffer(event.frame.data, dtype=np.int16).astype(np.float64)
+                if samples.size and np.sqrt(np.mean(samples**2)) >= self._threshold:
+                    self.audible.setdefault(identity, []).append(time.monotonic())
+                    self._user._changed.set()
+        finally:
+            await stream.aclose()
+
+    def first_audible_after(self, identity: str, after: float) -> float | None:
+        return next((t for t in self.audible.get(identity, []) if t >= after), None)
+
+    def last_audible(self, identity: str) -> float | None:
+        heard = self.audible.get(identity)
+        return heard[-1] if heard else None
+
+    async def heard(self, identity: str, *, after: float, timeout: float = 30.0) -> float:
+        """When `identity` was first audible at or after `after`, waiting for it up to `timeout`."""
+        found = await self._user._until(lambda: self.first_audible_after(identity, after), timeout)
+        assert isinstance(found, float)
+        return found
+
+    async def aclose(self) -> None:
+        self._user.room.off("track_subscribed", self._on_track)
+        for task in self._streams.values():
+            task.cancel()
+        await asyncio.gather(*self._streams.values(), return_exceptions=True)

@@ -33,6 +33,8 @@ class RecordedRequest:
     answered_at: float | None = None
     dropped: str | None = None
     """Why the emulator gave no answer (hang released, connection closed, client gone)."""
+    finished_at: float | None = None
+    """loop.time() when the emulator answered or dropped the request."""
 
     def __repr__(self) -> str:
         return (

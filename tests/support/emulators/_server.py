@@ -367,7 +367,7 @@ class EmulatorServer(ABC):
 
     def _mark_answered(self, record: RecordedRequest, status: int) -> None:
         record.status = status
-        record.answered_at = asyncio.get_running_loop().time()
+        record.answered_at = record.finished_at = asyncio.get_running_loop().time()
         self._notify()
 
     def _drop(self, request: web.Request, record: RecordedRequest, why: str) -> web.Response:
@@ -375,6 +375,7 @@ class EmulatorServer(ABC):
         if request.transport is not None:
             request.transport.close()
         record.dropped = why
+        record.finished_at = asyncio.get_running_loop().time()
         self._notify()
         return web.Response(status=500)
 
