@@ -212,7 +212,11 @@ class SpeechRouter(AudioOutput):
         self._sink = _Sink(self._own_voice.output, "own_voice", "agent")
         now = time.time()
         for utterance in self._pending():
-            if utterance.sink is old and old is not None:
+            if utterance.cleared:
+                if utterance.task is not None:
+                    utterance.task.cancel()
+                self._finish(utterance, utterance.heard(now), interrupted=True)
+            elif utterance.sink is old and old is not None:
                 self._move(utterance, now)
             elif utterance.sink is None:
                 self._play(utterance, self._sink, first_index=0)

@@ -180,6 +180,8 @@ class AvatarSupervisor:
                     )
                     return
                 await asyncio.sleep(RESTART_BACKOFF.backoff(restarts, self._rng))
+                if self._closing is not None or not self._room.isconnected():
+                    return  # the avatar went with the room (deleted, or the agent disconnected)
                 restarts += 1
                 if await self._attempt(restarts):
                     self._timeline.event(

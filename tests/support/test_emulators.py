@@ -21,6 +21,7 @@ from tests.support.emulators import (
     Delay,
     Hang,
     LemonSliceEmulator,
+    LoseReply,
     MalformedJson,
     MissingSuccessField,
     StatusFault,
@@ -548,6 +549,30 @@ async def test_succeed_slow_bills_a_session_the_client_never_hears_about(
         await anam.wait_until(lambda: len(anam.sessions) == 1)
     assert len(anam.active_sessions) == 1  # an orphan the client must not duplicate blindly
     assert anam.requests_for("engine_session")[0].status is None
+
+
+async def test_a_lost_reply_bills_a_session_and_drops_the_connection(
+    http: aiohttp.ClientSession, lemonslice: LemonSliceEmulator
+) -> None:
+    lemonslice.inject("create", LoseReply())
+    with pytest.raises(aiohttp.ServerDisconnectedError):
+        async with http.post(lemonslice.sessions_url, headers=ls_headers(), json=ls_body()):
+            pass
+    [record] = lemonslice.requests_for("create")
+    assert record.status is None and record.dropped == "reply lost by fault"
+    assert record.finished_at is not None
+    assert len(lemonslice.active_sessions) == 1
+
+
+async def test_a_session_records_when_it_stopped_billing(
+    http: aiohttp.ClientSession, lemonslice: LemonSliceEmulator
+) -> None:
+    async with http.post(lemonslice.sessions_url, headers=ls_headers(), json=ls_body()) as reply:
+        session_id = (await reply.json())["session_id"]
+    session = lemonslice.session(session_id)
+    assert session.ended_at is None
+    await lemonslice.end_session(session_id, "TIMED_OUT")
+    assert session.ended_at is not None and not session.active
 
 
 async def test_delay_drops_the_request_if_the_client_left(
