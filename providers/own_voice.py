@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 from livekit import rtc
 from livekit.agents import utils
@@ -23,6 +24,7 @@ from livekit.agents.voice.room_io._output import _ParticipantAudioOutput
 logger = logging.getLogger("avatar.own_voice")
 
 TRACK_NAME = "roomio_audio"
+SUBSCRIBER_WAIT = 3.0  # then say so: the agent's speech waits for someone to hear it
 
 
 class OwnVoice:
@@ -41,13 +43,26 @@ class OwnVoice:
     async def _publish(self) -> None:
         try:
             await _connected(self._room)  # the fallback can come before the agent has joined
-            await self.output.start()
+            started = time.monotonic()
+            publishing = asyncio.ensure_future(self.output.start())
+            done, _ = await asyncio.wait({publishing}, timeout=SUBSCRIBER_WAIT)
+            if not done:
+                published = any(
+                    p.name == TRACK_NAME
+                    for p in self._room.local_participant.track_publications.values()
+                )
+                logger.warning(
+                    "the agent's own audio track is %s but nobody subscribed after %.0fs",
+                    "published" if published else "not published",
+                    SUBSCRIBER_WAIT,
+                )
+            await publishing
+            logger.info(
+                "the agent speaks on its own audio track (subscribed after %.2fs)",
+                time.monotonic() - started,
+            )
         except Exception as error:
             logger.error("could not publish the agent's own audio track: %r", error)
-
-    @property
-    def published(self) -> bool:
-        return self._publishing.done()
 
     async def aclose(self) -> None:
         """Unpublish the track and stop the output."""

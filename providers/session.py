@@ -66,7 +66,8 @@ class StopOutcome:
 
 def describe(error: BaseException) -> str:
     """A log-safe, never-empty description (a bare TimeoutError has no text of its own)."""
-    text = str(error)
+    message = getattr(error, "message", None)  # livekit's API errors: the text without the fields
+    text = message if isinstance(message, str) and message else str(error)
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 

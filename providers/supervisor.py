@@ -152,6 +152,9 @@ class AvatarSupervisor:
     def begin_end(self) -> None:
         """Start ending every provider session now (the room or the session is going away)."""
         if self._closing is None:
+            # From now on nothing is "the avatar": its departure is no loss to recover from.
+            self._live = None
+            self._expected = None
             self._closing = asyncio.create_task(self._end_all(), name="avatar-end")
 
     async def aclose(self) -> None:
@@ -468,8 +471,6 @@ class AvatarSupervisor:
 
     async def _end_all(self) -> None:
         started = self._timeline.now()
-        self._expected = None
-        self._live = None
         if self._run_task is not None:
             await utils.aio.cancel_and_wait(self._run_task)
         if self._scan is not None:

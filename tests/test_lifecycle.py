@@ -115,7 +115,8 @@ async def deployment(
 
 
 def _assert_no_secret_in(lines: list[str], emulator: EmulatorServer, server: LiveKitServer) -> None:
-    """Every key, and every token the worker minted or was given, is absent from its log."""
+    """Every key, and every token the worker minted or was given, is absent from its log and the
+    LiveKit server's."""
     secrets = {LEMONSLICE_KEY, ANAM_KEY, server.api_secret}
     for request in emulator.requests:
         body = request.json if isinstance(request.json, dict) else {}
@@ -128,9 +129,10 @@ def _assert_no_secret_in(lines: list[str], emulator: EmulatorServer, server: Liv
         if authorization.startswith("Bearer "):
             secrets.add(authorization.removeprefix("Bearer "))
     assert len(secrets) > 3  # tokens were collected, so the scan means something
-    text = "\n".join(lines)
+    server_log = server.log_path.read_text(errors="replace") if server.log_path else ""
+    text = "\n".join(lines) + server_log
     leaked = [secret[:6] + "..." for secret in secrets if secret and secret in text]
-    assert not leaked, f"secrets in the worker's log: {leaked}"
+    assert not leaked, f"secrets in the logs: {leaked}"
 
 
 @dataclass
@@ -390,7 +392,10 @@ async def test_an_avatar_joining_after_the_join_timeout_is_removed_at_once(call:
     came, went = await call.user.wait_for_visit(avatar, timeout=20)  # it comes anyway
     stayed = went - came
     assert stayed <= WITHIN, f"the late avatar stayed {stayed:.2f}s"
-    await call.event("removed")
+    if call.deployment.provider == "anam":
+        # LemonSlice takes the avatar of a terminated session down itself; Anam's ends only when
+        # its participant is removed: the guard did it.
+        await call.event("removed")
     await call.until_sessions_ended()
 
     took = await call.assert_clean_end(await call.end_by_leaving())

@@ -31,7 +31,7 @@ from tests.support.emulators import (
     StatusFault,
     SucceedSlow,
 )
-from tests.support.livekit_server import LiveKitServer, connect_participant
+from tests.support.livekit_server import LiveKitServer, connect_participant, server_api
 
 KEY = "supervisor-test-key-never-logged"
 AGENT = "agent-under-test"
@@ -304,7 +304,8 @@ async def test_an_avatar_that_stops_its_video_is_removed_and_replaced(
     emulator, launcher = anam
     supervisor = harness.start(harness.settings("anam", emulator))
     await harness.log.wait_for("joined")
-    await launcher.launched[0].stop_video()
+    async with server_api(harness.server) as lk:
+        await launcher.launched[0].stop_video(lk)
     await harness.log.wait_for("left")
     assert harness.log.named("left")[0].reason == "stopped its video"
     await harness.log.wait_for("recovered")

@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from livekit import rtc
+from livekit import api
 
 from providers.local.participant import (
     LocalAvatarOptions,
@@ -86,13 +86,21 @@ class LaunchedAvatar:
         assert self.participant is not None and self.participant.room is not None
         await self.participant.room.disconnect()
 
-    async def stop_video(self) -> None:
-        """Unpublish the video track and stay in the room."""
+    async def stop_video(self, server: api.LiveKitAPI) -> None:
+        """The avatar's tracks are unpublished and it stays in the room: here, as when a policy
+        revokes its right to publish (the server unpublishes them). An avatar unpublishing its own
+        track is the same event for the agent; the SDK's own unpublish can stall in a long test run."""
         assert self.participant is not None and self.participant.room is not None
-        local = self.participant.room.local_participant
-        for publication in list(local.track_publications.values()):
-            if publication.kind == rtc.TrackKind.KIND_VIDEO:
-                await local.unpublish_track(publication.sid)
+        room = self.participant.room
+        await server.room.update_participant(
+            api.UpdateParticipantRequest(
+                room=room.name,
+                identity=room.local_participant.identity,
+                permission=api.ParticipantPermission(
+                    can_publish=False, can_subscribe=False, can_publish_data=True
+                ),
+            )
+        )
 
     async def aclose(self) -> None:
         if self.participant is not None:
