@@ -1,8 +1,8 @@
-"""The agent's voice: LiveKit Inference in the cloud, or an offline voice that still greets the user.
+"""The agent's voice: LiveKit Inference in the cloud, or an offline voice that needs no account.
 
 LiveKit Inference (STT/LLM/TTS model strings) needs LiveKit Cloud. Against a self-hosted or local server the
-agent would otherwise join and stay silent; the offline voice speaks the greeting with eSpeak NG and tells
-the user what to configure.
+agent would otherwise join and stay silent; the offline voice answers with a deterministic responder
+(speech/responder.py) in the place of the language model and speaks with eSpeak NG.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from livekit.agents import Agent, AgentSession, inference
 from config import Settings
 
 from .espeak_tts import EspeakTTS
+from .responder import OfflineResponder
 
 OFFLINE_GREETING = (
-    "Hello! I am your avatar assistant. I am running without LiveKit Cloud, so I can speak but "
-    "not yet listen. For a full conversation, set LIVEKIT_URL, LIVEKIT_API_KEY and "
-    "LIVEKIT_API_SECRET to your LiveKit Cloud project and restart me."
+    "Hello! I am your avatar assistant, on the offline voice: no LiveKit Cloud, no language model. "
+    "Type a message and I will answer it. Say help to hear what to configure for a full conversation."
 )
 
 
@@ -69,8 +69,10 @@ class OfflineVoice:
     mode: Literal["cloud", "offline"] = "offline"
 
     def create_session(self) -> AgentSession[Any]:
-        # Nothing to listen with: no STT or LLM, so no VAD or turn detector to run for nothing.
+        # Typed messages (lk.chat) reach the responder; nothing listens to the microphone yet,
+        # so no VAD or turn detector runs for nothing.
         return AgentSession(
+            llm=OfflineResponder(),
             tts=EspeakTTS(),
             vad=None,
             turn_handling={
@@ -80,7 +82,7 @@ class OfflineVoice:
         )
 
     def create_agent(self) -> Agent:
-        return Agent(instructions="You only speak the messages you are given.")
+        return Agent(instructions="Answer with the offline responder.")
 
     async def greet(self, session: AgentSession[Any]) -> None:
         await session.say(self.greeting, allow_interruptions=False)

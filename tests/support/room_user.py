@@ -12,6 +12,19 @@ from livekit import rtc
 
 from tests.support.livekit_server import LiveKitServer, connect_participant
 
+TRANSCRIPTION_TOPIC = "lk.transcription"
+CHAT_TOPIC = "lk.chat"
+AGENT_STATE_ATTRIBUTE = "lk.agent.state"
+
+
+@dataclass(frozen=True)
+class Transcript:
+    """One finished `lk.transcription` text stream: a segment of what `speaker` said."""
+
+    speaker: str
+    text: str
+    final: bool
+
 
 @dataclass(frozen=True)
 class FirstFrame:
@@ -28,6 +41,20 @@ class RoomUser:
         room.on("participant_disconnected", lambda *_: self._changed.set())
         room.on("track_subscribed", lambda *_: self._changed.set())
         room.on("participant_attributes_changed", lambda *_: self._changed.set())
+        self.transcripts: list[Transcript] = []
+        self._readers: set[asyncio.Task[None]] = set()
+        room.register_text_stream_handler(TRANSCRIPTION_TOPIC, self._on_transcription)
+
+    def _on_transcription(self, reader: rtc.TextStreamReader, speaker: str) -> None:
+        async def read() -> None:
+            text = await reader.read_all()
+            final = (reader.info.attributes or {}).get("lk.transcription_final") == "true"
+            self.transcripts.append(Transcript(speaker, text, final))
+            self._changed.set()
+
+        task = asyncio.create_task(read())
+        self._readers.add(task)
+        task.add_done_callback(self._readers.discard)
 
     @classmethod
     async def join(cls, server: LiveKitServer, room_name: str, identity: str = "user") -> RoomUser:
@@ -35,7 +62,41 @@ class RoomUser:
         return cls(room)
 
     async def leave(self) -> None:
+        for reader in list(self._readers):
+            reader.cancel()
         await self.room.disconnect()
+
+    async def send_chat(self, text: str) -> None:
+        """Type a message to the agent, as a frontend's chat box does."""
+        await self.room.local_participant.send_text(text, topic=CHAT_TOPIC)
+
+    async def wait_for_transcript(
+        self, speaker: str, contains: str, *, timeout: float = 30.0
+    ) -> Transcript:
+        """The first final transcript segment from `speaker` whose text contains `contains`."""
+
+        def find() -> Transcript | None:
+            for transcript in self.transcripts:
+                if (
+                    transcript.speaker == speaker
+                    and transcript.final
+                    and contains.lower() in transcript.text.lower()
+                ):
+                    return transcript
+            return None
+
+        found = await self._until(find, timeout)
+        assert isinstance(found, Transcript)
+        return found
+
+    async def wait_for_attribute(
+        self, identity: str, key: str, value: str, *, timeout: float = 30.0
+    ) -> None:
+        def matches() -> bool:
+            participant = self.room.remote_participants.get(identity)
+            return participant is not None and participant.attributes.get(key) == value
+
+        await self._until(matches, timeout)
 
     async def _until(self, check: object, timeout: float) -> object:
         async with asyncio.timeout(timeout):
