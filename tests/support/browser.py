@@ -11,6 +11,7 @@ import os
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 from playwright.async_api import Browser, async_playwright
@@ -43,16 +44,20 @@ def chromium_path() -> Path | None:
     return Path(found) if found else None
 
 
+def unavailable(reason: str) -> NoReturn:
+    """A tool the browser test needs is missing: a failure in CI, a skip (with the reason) locally."""
+    if os.environ.get("CI"):
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="session")
 async def browser() -> AsyncIterator[Browser]:
     """One headless Chromium for the session; each test opens its own context (fresh profile)."""
     binary = chromium_path()
     if binary is None or not os.access(binary, os.X_OK):
         where = f"at {binary}" if binary else "on PATH"
-        reason = f"Chromium not found {where}; {INSTALL_HINT}"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
+        unavailable(f"Chromium not found {where}; {INSTALL_HINT}")
     async with async_playwright() as playwright:
         launched = await playwright.chromium.launch(
             executable_path=binary, headless=True, args=list(CHROMIUM_ARGS)

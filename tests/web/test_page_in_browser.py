@@ -19,18 +19,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.async_api import Browser, Page
+from playwright.async_api import Browser, Locator, Page
 
+from speech.pipeline import OFFLINE_GREETING
+from tests.support.browser import unavailable
 from tests.support.emulators import LemonSliceEmulator, StatusFault
 from tests.support.livekit_server import LiveKitServer
 from tests.support.worker import running_worker
-from web.server import WebSettings, serve
+from web.server import SdkNotInstalledError, WebSettings, sdk_bundle, serve
 
 pytestmark = pytest.mark.e2e
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS_DIR = Path(os.environ.get("BROWSER_ARTIFACTS_DIR", REPO_ROOT / "build" / "browser"))
-GREETING_START = "Hello! I am your avatar assistant."
+CHAT = "purple elephants dance on the moon"
 FRAMES_TO_SEE = 48  # two seconds of the local avatar's 24 fps
 AUDIBLE_ENERGY = 0.001  # totalAudioEnergy gained while speaking (silence gains ~0)
 JOIN_TIMEOUT_MS = 90_000
@@ -98,6 +100,10 @@ async def site(livekit_server: LiveKitServer) -> AsyncIterator[PageSite]:
         livekit_api_secret=livekit_server.api_secret,
         agent_name=agent_name,
     )
+    try:
+        sdk_bundle()
+    except SdkNotInstalledError as error:
+        unavailable(str(error))
     async with serve(settings) as url:
         yield PageSite(url, agent_name)
 
@@ -139,6 +145,11 @@ async def notice(page: Page) -> dict[str, Any]:
         " return { kind: n.dataset.kind ?? null, text: n.textContent, hidden: n.hidden }; }"
     )
     return dict(result)
+
+
+def agent_line(page: Page, text: str) -> Locator:
+    """The transcript line of the agent's that contains `text` (lines grow as the agent speaks)."""
+    return page.locator("#transcript li[data-speaker='agent']", has_text=text).first
 
 
 def save_screenshot(shot: bytes, tmp_path: Path, name: str) -> Path:
@@ -185,13 +196,20 @@ async def test_a_person_sees_and_hears_the_avatar(
             page, "audio", "totalAudioEnergy", audio_before + AUDIBLE_ENERGY, 60_000
         )
 
-        # the greeting, in the transcript as the agent's words
-        greeting = page.locator("#transcript li[data-speaker='agent']", has_text=GREETING_START)
-        await greeting.first.wait_for(timeout=60_000)
-        assert await page.locator("#agent-state").text_content() in {
-            f"Agent: {s}" for s in ("listening", "thinking", "speaking", "idle")
-        }
+        # the greeting, in the transcript as the agent's words; then the agent listens
+        await agent_line(page, OFFLINE_GREETING).wait_for(timeout=60_000)
+        await page.locator("#agent-state", has_text="Agent: listening").wait_for(timeout=30_000)
         assert (await notice(page))["hidden"]
+
+        # a typed message gets a spoken reply: the reply is in the transcript and carries sound
+        before_reply = (await inbound_stats(page, "audio"))["totalAudioEnergy"]
+        await page.fill("#chat-input", CHAT)
+        await page.click("#chat-send")
+        await page.locator("#transcript li[data-speaker='you']", has_text=CHAT).wait_for()
+        await agent_line(page, f"You said: {CHAT}").wait_for(timeout=60_000)
+        reply = await wait_for_stat(
+            page, "audio", "totalAudioEnergy", before_reply + AUDIBLE_ENERGY, 30_000
+        )
 
         shot = await page.screenshot(full_page=True)
         stable = save_screenshot(shot, tmp_path, "avatar-page.png")
@@ -199,7 +217,8 @@ async def test_a_person_sees_and_hears_the_avatar(
             f"\n[browser] page load -> first avatar frame: {timings['firstAvatarFrame'] / 1000:.2f}s "
             f"(Start clicked at {timings['joinClicked'] / 1000:.2f}s, connected "
             f"{timings['connected'] / 1000:.2f}s); frames decoded {fps:.1f}/s; audio energy "
-            f"{audio_before:.4f} -> {audio['totalAudioEnergy']:.4f}; screenshot {stable}"
+            f"{audio_before:.4f} -> {audio['totalAudioEnergy']:.4f} (greeting), "
+            f"{before_reply:.4f} -> {reply['totalAudioEnergy']:.4f} (reply); screenshot {stable}"
         )
 
         # the microphone toggle mutes the page's microphone; leaving ends the visit
@@ -243,8 +262,7 @@ async def test_the_page_says_when_the_avatar_provider_refuses_and_plays_the_agen
             owner = await page.evaluate(AUDIO_OWNER_JS)
             assert owner is not None and owner["onBehalf"] is None, owner
             await wait_for_stat(page, "audio", "totalAudioEnergy", AUDIBLE_ENERGY, 60_000)
-            greeting = page.locator("#transcript li[data-speaker='agent']", has_text=GREETING_START)
-            await greeting.first.wait_for(timeout=60_000)
+            await agent_line(page, OFFLINE_GREETING).wait_for(timeout=60_000)
             assert [r.status for r in emulator.requests] == [402]
             save_screenshot(await page.screenshot(full_page=True), tmp_path, "avatar-fallback.png")
 
