@@ -3,8 +3,9 @@ runs as a process, and everything is asserted from inside the page, as a person 
 the avatar's video decodes and keeps coming, its voice carries sound, the greeting is in the transcript,
 and the page says plainly when the avatar or the agent did not come.
 
-A screenshot of the page with the avatar talking is written to the test's tmp dir and to
-build/browser/avatar-page.png (BROWSER_ARTIFACTS_DIR overrides the folder).
+A screenshot of the page after the avatar answered is written to the test's tmp dir and to
+build/browser/avatar-page.png, with the timings beside it in avatar-page.txt (BROWSER_ARTIFACTS_DIR
+overrides the folder); the fallback's screenshot is build/browser/avatar-fallback.png.
 """
 
 from __future__ import annotations
@@ -213,13 +214,15 @@ async def test_a_person_sees_and_hears_the_avatar(
 
         shot = await page.screenshot(full_page=True)
         stable = save_screenshot(shot, tmp_path, "avatar-page.png")
-        print(
-            f"\n[browser] page load -> first avatar frame: {timings['firstAvatarFrame'] / 1000:.2f}s "
+        figures = (
+            f"page load -> first avatar frame: {timings['firstAvatarFrame'] / 1000:.2f}s "
             f"(Start clicked at {timings['joinClicked'] / 1000:.2f}s, connected "
             f"{timings['connected'] / 1000:.2f}s); frames decoded {fps:.1f}/s; audio energy "
             f"{audio_before:.4f} -> {audio['totalAudioEnergy']:.4f} (greeting), "
-            f"{before_reply:.4f} -> {reply['totalAudioEnergy']:.4f} (reply); screenshot {stable}"
+            f"{before_reply:.4f} -> {reply['totalAudioEnergy']:.4f} (reply)"
         )
+        (stable.parent / "avatar-page.txt").write_text(figures + "\n")
+        print(f"\n[browser] {figures}; screenshot {stable}")
 
         # the microphone toggle mutes the page's microphone; leaving ends the visit
         assert await page.evaluate(

@@ -114,9 +114,10 @@
     const agent = findAgent(room);
     const avatar = findAvatar(room, agent);
     if (agent && !visit.agentSeenAt) {
-      visit.agentSeenAt = performance.now();
-      clearTimeout(visit.agentTimer);
-      visit.avatarTimer = setTimeout(() => { visit.avatarOverdue = true; render(); }, AVATAR_TIMEOUT_S * 1000);
+      const current = visit;
+      current.agentSeenAt = performance.now();
+      clearTimeout(current.agentTimer);
+      current.avatarTimer = setTimeout(() => { current.avatarOverdue = true; render(); }, AVATAR_TIMEOUT_S * 1000);
     }
     if (avatar) visit.avatarSeen = true;
 
