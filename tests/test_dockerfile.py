@@ -462,6 +462,8 @@ def dockerignore() -> DockerIgnore:
         ".git/HEAD",
         "tests/test_dockerfile.py",
         "bench/avatar_latency.py",
+        "web/node_modules/livekit-client/package.json",
+        "build/browser/avatar-page.png",
         "KMS/key.pem",
         "worker.log",
         "providers/debug.log",
