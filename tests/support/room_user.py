@@ -12,6 +12,9 @@ from livekit import rtc
 
 from tests.support.livekit_server import LiveKitServer, connect_participant
 
+# The RMS (int16 units) above which a track is speaking: eSpeak's speech is in the thousands, silence 0.
+AUDIBLE_RMS = 300.0
+
 
 @dataclass(frozen=True)
 class FirstFrame:
