@@ -58,30 +58,58 @@ standin_key() {
     echo "recipe-$STANDIN_RECIPE/$SUITE/$STANDIN_PACKAGES/ca-$ca"
 }
 
-# Scratch space for debootstrap; unmounted and removed on every exit (debootstrap mounts /proc and /sys
-# inside it, so it is never removed across a mount).
-scratch=""
-remove_scratch() {
-    if [[ -z "$scratch" ]]; then return; fi
+# Unmounts everything below a folder (debootstrap mounts /proc and /sys in its target), then removes it
+# without ever crossing into a mount.
+remove_tree() {
     local target
     while read -r target; do umount -l "$target" 2>/dev/null || true; done < <(
-        awk -v root="$scratch/" 'index($2, root) == 1 {print $2}' /proc/self/mounts | sort -r
+        awk -v root="$1/" 'index($2, root) == 1 {print $2}' /proc/self/mounts | sort -r
     )
-    rm -rf --one-file-system "$scratch"
-    scratch=""
+    rm -rf --one-file-system "$1"
 }
-trap remove_scratch EXIT
-trap 'remove_scratch; trap - INT; kill -INT $$' INT
-trap 'remove_scratch; trap - TERM; kill -TERM $$' TERM
+
+# debootstrap's scratch folder, and the long command running in the background: both ended on every
+# exit (success, failure, Ctrl-C, kill; a folder left by SIGKILL is swept by the next stand-in build).
+scratch=""
+child=""
+cleanup() {
+    if [[ -n "$child" ]]; then
+        kill -TERM -- "-$child" 2>/dev/null || true
+        wait "$child" 2>/dev/null || true
+        child=""
+    fi
+    if [[ -n "$scratch" ]]; then
+        remove_tree "$scratch"
+        scratch=""
+    fi
+}
+trap cleanup EXIT
+trap 'cleanup; trap - INT; kill -INT $$' INT
+trap 'cleanup; trap - TERM; kill -TERM $$' TERM
+
+# Runs a command in the background, as a process group of its own, and waits for it: a signal is then
+# handled at once, and ends the command with everything it started.
+run() {
+    local status=0
+    setsid "$@" &
+    child=$!
+    wait "$child" || status=$?
+    child=""
+    return "$status"
+}
 
 make_standin() {
     local key="$1" mirror rootfs started
     mirror="$(debian_mirror)"
     started=$SECONDS
-    scratch="$(mktemp -d /var/tmp/avatar-agent-standin.XXXXXX)"
+    local stale
+    for stale in "$CACHE"/standin.build.*; do
+        if [[ -e "$stale" ]]; then remove_tree "$stale"; fi
+    done
+    scratch="$(mktemp -d "$CACHE/standin.build.XXXXXX")"
     rootfs="$scratch/rootfs"
     say "no $BASE here and no registry to pull it from: making a stand-in with debootstrap ($SUITE from $mirror; once, about a minute)"
-    if ! debootstrap --variant=minbase --include="$STANDIN_PACKAGES" "$SUITE" "$rootfs" "$mirror" >"$scratch/debootstrap.log" 2>&1; then
+    if ! run debootstrap --variant=minbase --include="$STANDIN_PACKAGES" "$SUITE" "$rootfs" "$mirror" >"$scratch/debootstrap.log" 2>&1; then
         tail -n 30 "$scratch/debootstrap.log" >&2
         say "debootstrap failed (log above)"
         exit 1
@@ -102,7 +130,7 @@ make_standin() {
         --change "LABEL $STANDIN_LABEL=$key" \
         --change 'CMD ["python3"]' \
         - "$BASE" >/dev/null
-    remove_scratch
+    cleanup
     say "stand-in $BASE made in $((SECONDS - started)) s"
 }
 
@@ -132,7 +160,7 @@ started="$(date +%s.%N)"
 # --format=docker: Docker's image format, which keeps HEALTHCHECK (the OCI format drops it).
 # --isolation=chroot: the default (a container per RUN) needs a cgroup setup CI machines may not have.
 # --pull=never: the base is the one in podman's storage, never fetched.
-podman build --format=docker --isolation=chroot --network=host --pull=never --layers \
+run podman build --format=docker --isolation=chroot --network=host --pull=never --layers \
     --tag "$TAG" --file "$CONTEXT/Dockerfile" "$CONTEXT" >&2
 elapsed="$(echo "$(date +%s.%N) $started" | awk '{print $1 - $2}')"
 

@@ -12,11 +12,13 @@ Needs root (podman, chroot); the build is cached, so a second run takes seconds.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import secrets
 import shutil
+import signal
 import subprocess
 import time
 import uuid
@@ -223,6 +225,9 @@ async def test_the_image_serves_a_job_and_drains_on_sigterm(
         started = time.monotonic()
         await worker.start(register_timeout=120)
         print(f"\n[image] container start -> registered worker: {time.monotonic() - started:.2f}s")
+        assert worker.pid in image.processes(session=worker.pid), (
+            "the worker does not run inside the image"
+        )
 
         user = await RoomUser.join(livekit_server, room)
         try:
@@ -245,8 +250,13 @@ async def test_the_image_serves_a_job_and_drains_on_sigterm(
             assert agent.identity in user.room.remote_participants
             await user.leave()
             assert await worker.wait_for_exit(timeout=60) == 0, worker.output_tail()
+            assert image.processes(session=worker.pid) == [], "processes of the worker outlived it"
         finally:
             await user.leave()
     finally:
         await worker.stop()
+        # the worker started its own session: nothing of it is left behind, even after a failure
+        for pid in image.processes(session=worker.pid) if worker.started else []:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
     assert not any(livekit_server.api_secret in line for line in worker.raw_output)

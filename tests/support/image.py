@@ -63,17 +63,27 @@ def podman(*args: str, timeout: float = 120) -> str:
 
 def build_image(context: Path, tag: str) -> str:
     """Build `context`'s Dockerfile with scripts/build-image.sh; returns its summary line."""
-    result = subprocess.run(  # noqa: S603 - our own script, no shell
+    with subprocess.Popen(  # noqa: S603 - our own script, no shell
         [str(BUILD_SCRIPT), "--context", str(context), "--tag", tag],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=BUILD_TIMEOUT_S,
-        check=False,
-    )
-    if result.returncode != 0:
-        tail = "\n".join(result.stderr.splitlines()[-40:])
-        raise ImageError(f"{BUILD_SCRIPT.name} failed ({result.returncode}):\n{tail}")
-    return result.stdout.strip().splitlines()[-1]
+    ) as process:
+        try:
+            stdout, stderr = process.communicate(timeout=BUILD_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            # SIGTERM first: the script then ends debootstrap or podman and removes what they left.
+            process.terminate()
+            try:
+                process.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.communicate()
+            raise ImageError(f"{BUILD_SCRIPT.name} did not finish in {BUILD_TIMEOUT_S} s") from None
+    if process.returncode != 0:
+        tail = "\n".join(stderr.splitlines()[-40:])
+        raise ImageError(f"{BUILD_SCRIPT.name} failed ({process.returncode}):\n{tail}")
+    return stdout.strip().splitlines()[-1]
 
 
 @dataclass(frozen=True)
@@ -163,6 +173,17 @@ class MountedImage:
             *argv,
         ]
 
+    def processes(self, *, session: int) -> list[int]:
+        """The processes of one session (a command and what it started) running inside the image."""
+        found = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                with contextlib.suppress(OSError):
+                    pid = int(entry.name)
+                    if os.getsid(pid) == session and os.readlink(entry / "root") == str(self.root):
+                        found.append(pid)
+        return found
+
     def run(
         self, argv: Sequence[str], *, env: Mapping[str, str] | None = None, timeout: float = 120
     ) -> subprocess.CompletedProcess[str]:
@@ -176,8 +197,9 @@ class MountedImage:
             check=False,
         )
         if result.returncode != 0:
+            command = " ".join(argv)[:100]
             raise ImageError(
-                f"{list(argv)} failed in {self.tag} ({result.returncode}):\n{result.stderr[-4000:]}"
+                f"`{command}` failed in {self.tag} ({result.returncode}):\n{result.stderr[-4000:]}"
             )
         return result
 

@@ -83,6 +83,10 @@ class WorkerProcess:
         self._changed = asyncio.Condition()
 
     @property
+    def started(self) -> bool:
+        return self._process is not None
+
+    @property
     def pid(self) -> int:
         assert self._process is not None
         return self._process.pid
