@@ -108,7 +108,7 @@ make_standin() {
     done
     scratch="$(mktemp -d "$CACHE/standin.build.XXXXXX")"
     rootfs="$scratch/rootfs"
-    say "no $BASE here and no registry to pull it from: making a stand-in with debootstrap ($SUITE from $mirror; once, about a minute)"
+    say "no $BASE in podman's storage (nothing is pulled): making a stand-in with debootstrap ($SUITE from $mirror; once, a minute or two)"
     if ! run debootstrap --variant=minbase --include="$STANDIN_PACKAGES" "$SUITE" "$rootfs" "$mirror" >"$scratch/debootstrap.log" 2>&1; then
         tail -n 30 "$scratch/debootstrap.log" >&2
         say "debootstrap failed (log above)"

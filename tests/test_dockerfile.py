@@ -486,6 +486,8 @@ def dockerignore() -> DockerIgnore:
         ".ruff_cache/CACHEDIR.TAG",
         ".pytest_cache/README.md",
         "speech/.pytest_cache/v/cache/nodeids",
+        "node_modules/livekit-client/dist/livekit-client.umd.js",
+        "web/node_modules/.package-lock.json",
     ],
 )
 def test_dockerignore_excludes(dockerignore: DockerIgnore, path: str) -> None:
