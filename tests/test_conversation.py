@@ -14,13 +14,12 @@ from livekit import rtc
 
 from tests.support.dispatch import dispatch_to_workers
 from tests.support.livekit_server import LiveKitServer, server_api
-from tests.support.room_user import AGENT_STATE_ATTRIBUTE, RoomUser
+from tests.support.room_user import AGENT_STATE_ATTRIBUTE, AUDIBLE_RMS, RoomUser
 from tests.support.worker import running_worker
 
 pytestmark = pytest.mark.e2e
 
 AVATAR = "local-avatar-agent"
-AUDIBLE_RMS = 300.0  # int16 units; eSpeak's speech is in the thousands, silence is 0
 
 
 async def test_a_typed_message_gets_a_spoken_reply_through_the_avatar(

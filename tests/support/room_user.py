@@ -26,6 +26,10 @@ class Transcript:
     final: bool
 
 
+# The RMS (int16 units) above which a track is speaking: eSpeak's speech is in the thousands, silence 0.
+AUDIBLE_RMS = 300.0
+
+
 @dataclass(frozen=True)
 class FirstFrame:
     width: int
