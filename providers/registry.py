@@ -97,6 +97,7 @@ def _anam(settings: Settings, session: aiohttp.ClientSession) -> ProviderAvatarS
         ),
         livekit=livekit_credentials(settings),
         options=avatar_options(settings, ANAM_IDENTITY),
+        flow=settings.anam_session_flow,
     )
 
 

@@ -1,10 +1,15 @@
-"""Anam's two-step session flow (session token with the API key, then the engine session with that token),
-as the livekit-plugins-anam client spoke it, sent through the shared retry policy."""
+"""Anam's session API, sent through the shared retry policy, in either of its two flows:
+
+- two-step (the seed's contract): a session token with the API key, then the engine session with that
+  token (`create_session_token` + `start_engine_session`);
+- direct (Anam's published API, and livekit-plugins-anam 1.8.9): the engine session straight from the
+  API key and the same persona body, one round trip fewer (`start_session_direct`).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urljoin
 
 from ..http import ProviderHttp
@@ -14,6 +19,9 @@ DEFAULT_API_URL = "https://api.anam.ai"
 LLM_ID = "CUSTOMER_CLIENT_V1"  # the avatar only speaks; our agent is the brain
 # 429s that waiting does not lift (the SDK's own wording).
 HARD_LIMIT_MARKERS = ("concurrent session limit", "spend cap", "usage limit")
+ENGINE_SESSION_PATH = "/v1/engine/session"
+
+SessionFlow = Literal["two_step", "direct"]
 
 
 @dataclass(frozen=True)
@@ -57,6 +65,7 @@ class AnamAPI:
     def session_token_payload(
         self, persona: PersonaConfig, *, livekit_url: str, livekit_token: str
     ) -> dict[str, Any]:
+        """The persona and LiveKit body: of the session token (two-step) or the direct engine session."""
         persona_config: dict[str, Any] = {
             "type": "ephemeral",
             "name": persona.name,
@@ -97,7 +106,7 @@ class AnamAPI:
         self, session_token: str, *, deadline: float | None = None
     ) -> EngineSession:
         reply = await self._http.post_json(
-            self._url("/v1/engine/session"),
+            self._url(ENGINE_SESSION_PATH),
             {},
             headers={
                 "Authorization": f"Bearer {session_token}",
@@ -108,9 +117,38 @@ class AnamAPI:
             required="sessionId",
             deadline=deadline,
         )
-        engine_host = reply.get("engineHost")
-        return EngineSession(
-            session_id=str(reply["sessionId"]),
-            engine_host=engine_host if isinstance(engine_host, str) else None,
-            details=reply,
+        return _engine_session(reply)
+
+    async def start_session_direct(
+        self,
+        persona: PersonaConfig,
+        *,
+        livekit_url: str,
+        livekit_token: str,
+        deadline: float | None = None,
+    ) -> EngineSession:
+        """Start the engine session in one call, authorised by the API key (no session token)."""
+        reply = await self._http.post_json(
+            self._url(ENGINE_SESSION_PATH),
+            self.session_token_payload(
+                persona, livekit_url=livekit_url, livekit_token=livekit_token
+            ),
+            headers={
+                "Authorization": f"Bearer {self._api_key}",
+                "Content-Type": "application/json",
+            },
+            operation="start engine session",
+            creates_session=True,
+            required="sessionId",
+            deadline=deadline,
         )
+        return _engine_session(reply)
+
+
+def _engine_session(reply: dict[str, Any]) -> EngineSession:
+    engine_host = reply.get("engineHost")
+    return EngineSession(
+        session_id=str(reply["sessionId"]),
+        engine_host=engine_host if isinstance(engine_host, str) else None,
+        details=reply,
+    )

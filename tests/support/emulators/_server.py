@@ -64,11 +64,24 @@ Processor = Callable[[web.Request, RecordedRequest], Awaitable[Reply]]
 
 
 class EmulatorServer(ABC):
-    """An aiohttp server on 127.0.0.1 (a free port); use as an async context manager."""
+    """An aiohttp server on 127.0.0.1 (a free port); use as an async context manager.
+
+    `latency` (seconds) is added to every call to a route before it is looked at, as a real
+    provider's network and processing time (the benchmark's "API latency").
+    """
 
     provider: Provider
 
-    def __init__(self, *, routes: Iterable[str], avatar_launcher: AvatarLauncher | None) -> None:
+    def __init__(
+        self,
+        *,
+        routes: Iterable[str],
+        avatar_launcher: AvatarLauncher | None,
+        latency: float = 0.0,
+    ) -> None:
+        if latency < 0:
+            raise ValueError("latency must be >= 0")
+        self._latency = latency
         self._faults = FaultScript(routes)
         self._launcher = avatar_launcher
         self._requests: list[RecordedRequest] = []
@@ -278,6 +291,11 @@ class EmulatorServer(ABC):
     async def _serve(
         self, request: web.Request, record: RecordedRequest, route: str, process: Processor
     ) -> web.StreamResponse:
+        if self._latency:
+            if not await self._pause(self._latency):
+                return self._drop(request, record, "emulator closed during its latency")
+            if request.transport is None or request.transport.is_closing():
+                return self._drop(request, record, "client went away during the latency")
         fault = self._faults.pop(route)
         record.fault = fault
         if isinstance(fault, StatusFault):
