@@ -51,13 +51,23 @@ def is_hard_limit(text: str | None) -> bool:
 
 
 class AnamAPI:
-    def __init__(self, http: ProviderHttp, *, api_key: str, api_url: str = DEFAULT_API_URL) -> None:
+    """The wire client; `flow` is how `start_session` starts an engine session."""
+
+    def __init__(
+        self,
+        http: ProviderHttp,
+        *,
+        api_key: str,
+        api_url: str = DEFAULT_API_URL,
+        flow: SessionFlow = "two_step",
+    ) -> None:
         self._http = http
         self._api_key = api_key
         self._base_url = api_url.rstrip("/") + "/"
+        self.flow: SessionFlow = flow
 
     def __repr__(self) -> str:
-        return f"AnamAPI(api_url={self._base_url!r})"
+        return f"AnamAPI(api_url={self._base_url!r}, flow={self.flow!r})"
 
     def _url(self, path: str) -> str:
         return urljoin(self._base_url, path.lstrip("/"))
@@ -78,6 +88,24 @@ class AnamAPI:
             "personaConfig": persona_config,
             "environment": {"livekitUrl": livekit_url, "livekitToken": livekit_token},
         }
+
+    async def start_session(
+        self,
+        persona: PersonaConfig,
+        *,
+        livekit_url: str,
+        livekit_token: str,
+        deadline: float | None = None,
+    ) -> EngineSession:
+        """Start an engine session whose avatar joins LiveKit with `livekit_token`, by this client's flow."""
+        if self.flow == "direct":
+            return await self.start_session_direct(
+                persona, livekit_url=livekit_url, livekit_token=livekit_token, deadline=deadline
+            )
+        session_token = await self.create_session_token(
+            persona, livekit_url=livekit_url, livekit_token=livekit_token, deadline=deadline
+        )
+        return await self.start_engine_session(session_token, deadline=deadline)
 
     async def create_session_token(
         self,

@@ -8,7 +8,7 @@ import json
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,9 +57,13 @@ async def running_worker(
 class WorkerProcess:
     """Starts the worker, follows its log, and stops it with nothing left behind."""
 
-    def __init__(self, env: Mapping[str, str], *, cwd: Path) -> None:
+    def __init__(
+        self, env: Mapping[str, str], *, cwd: Path, program: Sequence[str] | None = None
+    ) -> None:
+        """`program`: what python runs before the `start` command (default: agent.py)."""
         self._env = dict(env)
         self._cwd = cwd
+        self._program = list(program) if program is not None else [str(AGENT_SCRIPT)]
         self._process: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task[None] | None = None
         self.records: list[LogRecord] = []
@@ -75,7 +79,7 @@ class WorkerProcess:
         """Start and wait for the worker to register with LiveKit; returns that log record."""
         self._process = await asyncio.create_subprocess_exec(
             sys.executable,
-            str(AGENT_SCRIPT),
+            *self._program,
             "start",
             cwd=self._cwd,
             env=self._env,

@@ -8,7 +8,13 @@ import time
 import aiohttp
 import pytest
 
-from providers.anam.api import AnamAPI, PersonaConfig, is_hard_limit, read_error_text
+from providers.anam.api import (
+    AnamAPI,
+    PersonaConfig,
+    SessionFlow,
+    is_hard_limit,
+    read_error_text,
+)
 from providers.errors import (
     AuthenticationError,
     PaymentRequiredError,
@@ -41,11 +47,12 @@ def client(
     emulator: AnamEmulator,
     policy: RetryPolicy = FAST_POLICY,
     api_url: str | None = None,
+    flow: SessionFlow = "two_step",
 ) -> AnamAPI:
     http = provider_http(
         session, "anam", policy, read_error_text=read_error_text, is_quota_exceeded=is_hard_limit
     )
-    return AnamAPI(http, api_key=ANAM_KEY, api_url=api_url or emulator.url)
+    return AnamAPI(http, api_key=ANAM_KEY, api_url=api_url or emulator.url, flow=flow)
 
 
 async def start(anam: AnamAPI, persona: PersonaConfig = PERSONA) -> str:
@@ -228,6 +235,28 @@ async def test_direct_flow_is_one_call_with_the_api_key_and_the_persona_body(
     assert session.session_id == engine.session_id
     assert session.launch.livekit_token == livekit_token
     assert engine.engine_host
+
+
+@pytest.mark.parametrize(
+    ("flow", "paths"),
+    [
+        ("direct", ["/v1/engine/session"]),
+        ("two_step", ["/v1/auth/session-token", "/v1/engine/session"]),
+    ],
+)
+async def test_start_session_follows_the_clients_flow(
+    http_session: aiohttp.ClientSession,
+    anam_emulator: AnamEmulator,
+    flow: SessionFlow,
+    paths: list[str],
+) -> None:
+    anam = client(http_session, anam_emulator, flow=flow)
+    engine = await anam.start_session(
+        PERSONA, livekit_url="wss://example.livekit.cloud", livekit_token=avatar_token()
+    )
+    assert [r.path for r in anam_emulator.requests] == paths
+    assert [s.session_id for s in anam_emulator.active_sessions] == [engine.session_id]
+    assert flow in repr(anam) and ANAM_KEY not in repr(anam)
 
 
 async def test_direct_flow_retries_a_busy_engine(
