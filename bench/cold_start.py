@@ -12,7 +12,6 @@ import asyncio
 import tempfile
 import time
 from collections.abc import Sequence
-from datetime import datetime
 from pathlib import Path
 
 from bench.harness import (
@@ -20,19 +19,12 @@ from bench.harness import (
     Conditions,
     ProviderEmulation,
     log_to_file,
+    logged_at,
     machine_load,
 )
 from bench.stats import Summary, ratio, seconds, table, times
 from tests.support.livekit_server import LiveKitServer, server_binary_path
 from tests.support.worker import WorkerProcess, worker_environment
-
-
-def _logged_at(worker: WorkerProcess, message: str) -> float | None:
-    """Wall-clock time of the worker's first log record with this message."""
-    for record in worker.records:
-        if record.get("message") == message and isinstance(record.get("timestamp"), str):
-            return datetime.fromisoformat(record["timestamp"]).timestamp()
-    return None
 
 
 async def start_once(worker: WorkerProcess) -> tuple[float, float | None]:
@@ -44,7 +36,7 @@ async def start_once(worker: WorkerProcess) -> tuple[float, float | None]:
         registered = time.monotonic() - started
     finally:
         await worker.stop()
-    first_line = _logged_at(worker, "starting worker")
+    first_line = logged_at(worker, "starting worker")
     return registered, None if first_line is None else first_line - spawned_wall
 
 

@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Literal, Self
@@ -197,6 +197,17 @@ def _count(worker: WorkerProcess, message: str) -> int:
     return sum(1 for record in worker.records if record.get("message") == message)
 
 
+def logged_at(worker: WorkerProcess, message: str, room: str | None = None) -> float | None:
+    """Wall-clock time (time.time()) of the worker's first record with this message (and room)."""
+    for record in worker.records:
+        if record.get("message") != message or (room is not None and record.get("room") != room):
+            continue
+        stamp = record.get("timestamp")
+        if isinstance(stamp, str):
+            return datetime.fromisoformat(stamp).timestamp()
+    return None
+
+
 def pool_is_idle(worker: WorkerProcess) -> bool:
     """Every job process the worker started has finished initialising."""
     return _count(worker, "initializing process") == _count(worker, "process initialized")
@@ -214,12 +225,12 @@ async def wait_job_ended(worker: WorkerProcess, room: str) -> None:
         lambda r: r.get("message") == "process exiting" and r.get("room") == room,
         timeout=JOB_END_TIMEOUT,
     )
-    await worker.wait_for_log(lambda _: pool_is_idle(worker), timeout=JOB_END_TIMEOUT)
+    await worker.wait_until(lambda: pool_is_idle(worker), timeout=JOB_END_TIMEOUT)
 
 
 async def wait_pool_ready(worker: WorkerProcess) -> None:
-    await worker.wait_for_log(
-        lambda _: _count(worker, "process initialized") > 0 and pool_is_idle(worker),
+    await worker.wait_until(
+        lambda: _count(worker, "process initialized") > 0 and pool_is_idle(worker),
         timeout=JOB_END_TIMEOUT,
     )
 
@@ -265,6 +276,8 @@ class Measurement:
     room: str
     first_frame: float | None = None
     first_word: float | None = None
+    # Dispatch -> the worker logs the job request: the part no agent code can shorten.
+    job_received: float | None = None
     error: str | None = None
 
 
@@ -327,6 +340,7 @@ async def measure_dispatch(
     async with user_in_new_room(server, lk, "bench") as user:
         measurement = Measurement(user.room.name)
         clock = UserClock(user, identity, want_word=want_word)
+        dispatched_at = time.time()
         try:
             await dispatch_to_workers(lk, agent_name, user.room.name, [worker])
         except AssertionError as dropped:  # the server dropped the dispatch: no job to wait for
@@ -337,6 +351,9 @@ async def measure_dispatch(
             await clock.aclose()
             raise
         await clock.until_seen(measurement)
+    received = logged_at(worker, "received job request", measurement.room)
+    if received is not None:
+        measurement.job_received = received - dispatched_at
     await wait_job_ended(worker, measurement.room)
     return measurement
 

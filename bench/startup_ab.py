@@ -67,11 +67,13 @@ class Arm:
     worker: WorkerProcess | None = None
     results: list[Measurement] = field(default_factory=list)
 
-    def summary(self, figure: Literal["first_frame", "first_word"]) -> Summary | None:
+    def summary(
+        self, figure: Literal["first_frame", "first_word", "job_received"]
+    ) -> Summary | None:
         values = [getattr(m, figure) for m in self.results]
         return Summary.of([v for v in values if v is not None])
 
-    def median(self, figure: Literal["first_frame", "first_word"]) -> float | None:
+    def median(self, figure: Literal["first_frame", "first_word", "job_received"]) -> float | None:
         summary = self.summary(figure)
         return None if summary is None else summary.median
 
@@ -192,10 +194,12 @@ def report(result: ProviderResult) -> str:
     rows = []
     for arm in result.arms:
         frame, word = arm.summary("first_frame"), arm.summary("first_word")
+        received = arm.summary("job_received")
         rows.append(
             [
                 arm.label,
                 str(len(arm.results) - arm.failures),
+                seconds(received.median if received else None),
                 seconds(frame.median if frame else None),
                 seconds(frame.p95 if frame else None),
                 seconds(word.median if word else None),
@@ -210,6 +214,7 @@ def report(result: ProviderResult) -> str:
     headers = [
         result.provider,
         "runs",
+        "job recv",
         "frame med",
         "frame p95",
         "word med",
@@ -220,7 +225,11 @@ def report(result: ProviderResult) -> str:
         "word/bound",
         "failed",
     ]
-    lines = [table(headers, rows)]
+    lines = [
+        table(headers, rows),
+        "(job recv: dispatch -> the worker logs the job request, median; frame, word: dispatch -> "
+        "the user's first decoded avatar frame, first voiced audio)",
+    ]
     for label, traces in result.traces.items():
         lines.append(
             f"{label}: start-up trace from the worker's log, medians over {len(traces)} runs:"
@@ -254,8 +263,17 @@ def targets(result: ProviderResult) -> list[Target]:
             else:
                 found.append(Target(f"{where}: first word ours/reference", word_ratio, 0.75))
         if bound is not None:
-            bound_ratio = ratio(arm.median("first_frame"), bound.median("first_frame"))
-            found.append(Target(f"{where}: first frame ours/lower bound", bound_ratio, 1.10))
+            frame, received = arm.median("first_frame"), arm.median("job_received")
+            bound_frame = bound.median("first_frame")
+            note = None
+            if frame is not None and received is not None:
+                from_job = ratio(frame - received, bound_frame)
+                note = (
+                    f"(of which dispatch -> job received {received:.2f} s, which no agent can "
+                    f"shorten; counted from the job's receipt: {times(from_job)})"
+                )
+            bound_ratio = ratio(frame, bound_frame)
+            found.append(Target(f"{where}: first frame ours/lower bound", bound_ratio, 1.10, note))
     return found
 
 

@@ -57,6 +57,7 @@ class Target:
     description: str
     value: float | None
     limit: float
+    note: str | None = None
 
     @property
     def verdict(self) -> str:
@@ -66,7 +67,8 @@ class Target:
 
     def line(self) -> str:
         shown = "    -" if self.value is None else f"{self.value:5.3f}"
-        return f"  [{self.verdict:4}] {self.description}: {shown} (target <= {self.limit:.2f})"
+        line = f"  [{self.verdict:4}] {self.description}: {shown} (target <= {self.limit:.2f})"
+        return line + (f"\n         {self.note}" if self.note else "")
 
 
 def seconds(value: float | None) -> str:
