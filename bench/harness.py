@@ -7,10 +7,13 @@ is only read to know when a job has ended (and, where it logs one, its start-up 
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import os
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -154,7 +157,8 @@ def _bench_environment(
 
 def our_worker(
     server: LiveKitServer,
-    emulation: ProviderEmulation,
+    provider: Provider,
+    settings: Mapping[str, str],
     conditions: Conditions,
     workdir: Path,
     *,
@@ -166,28 +170,80 @@ def our_worker(
         server,
         agent_name,
         conditions,
-        {"AVATAR_PROVIDER": emulation.provider, **emulation.settings(), **(extra or {})},
+        {"AVATAR_PROVIDER": provider, **settings, **(extra or {})},
     )
     return agent_name, WorkerProcess(env, cwd=workdir, program=["-m", "bench.our_worker"])
 
 
 def reference_worker(
     server: LiveKitServer,
-    emulation: ProviderEmulation,
+    provider: Provider,
+    settings: Mapping[str, str],
     conditions: Conditions,
     workdir: Path,
-    *,
-    extra: Mapping[str, str] | None = None,
 ) -> tuple[str, WorkerProcess]:
     """The reference on the official plugin for this provider."""
     agent_name = f"bench-reference-{uuid.uuid4().hex[:6]}"
     env = _bench_environment(
-        server,
-        agent_name,
-        conditions,
-        {"REFERENCE_PROVIDER": emulation.provider, **emulation.settings(), **(extra or {})},
+        server, agent_name, conditions, {"REFERENCE_PROVIDER": provider, **settings}
     )
     return agent_name, WorkerProcess(env, cwd=workdir, program=["-m", "bench.reference_agent"])
+
+
+@dataclass(frozen=True)
+class RemoteProvider:
+    pid: int
+    settings: dict[str, str]
+
+
+@contextlib.asynccontextmanager
+async def provider_in_own_process(
+    provider: Provider, conditions: Conditions, workdir: Path
+) -> AsyncIterator[RemoteProvider]:
+    """The provider's emulator and avatars in a child process (bench/provider_process.py), with the
+    provider variables for the worker. The process ends when this exits."""
+    video = conditions.avatar_video
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bench.provider_process",
+        f"--provider={provider}",
+        f"--api-latency={conditions.api_latency}",
+        f"--avatar-boot={conditions.avatar_boot}",
+        f"--avatar-video={video.video_width}x{video.video_height}@{video.video_fps:g}",
+        f"--log={workdir / f'provider-{provider}.log'}",
+        cwd=ROOT,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert process.stdin is not None and process.stdout is not None
+    try:
+        async with asyncio.timeout(60):
+            line = await process.stdout.readline()
+        if not line:
+            raise RuntimeError("the provider process exited before it was ready")
+        settings: dict[str, str] = json.loads(line)["settings"]
+        yield RemoteProvider(process.pid, settings)
+    finally:
+        process.stdin.close()
+        try:
+            async with asyncio.timeout(30):
+                await process.wait()
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+
+
+def avatar_video(text: str) -> LocalAvatarOptions:
+    """WIDTHxHEIGHT@FPS, e.g. 320x240@12."""
+    try:
+        size, fps = text.split("@")
+        width, height = size.lower().split("x")
+        return LocalAvatarOptions(
+            video_width=int(width), video_height=int(height), video_fps=float(fps)
+        )
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT@FPS, got {text!r}") from None
 
 
 # -- the worker's log ------------------------------------------------------------------------------

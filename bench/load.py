@@ -15,26 +15,30 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import tempfile
 import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
 from livekit import api
 
 from bench.harness import (
+    IDENTITIES,
     PROVIDERS,
     Conditions,
     Measurement,
-    ProviderEmulation,
     UserClock,
+    avatar_video,
     log_to_file,
     machine_load,
     measure_dispatch,
     our_worker,
+    provider_in_own_process,
     start_all,
     stop_all,
     wait_job_ended,
@@ -90,6 +94,74 @@ class MemoryPeaks:
             await asyncio.sleep(interval)
 
 
+def tree_cpu_seconds(root_pid: int) -> dict[int, float]:
+    """CPU time (user + system) of each live process of the tree rooted at `root_pid`."""
+    try:
+        root = psutil.Process(root_pid)
+        family = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return {}
+    seconds_by_pid: dict[int, float] = {}
+    for process in family:
+        try:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        seconds_by_pid[process.pid] = times.user + times.system
+    return seconds_by_pid
+
+
+def cpu_used(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds between two snapshots; a process born in between counts in full."""
+    return sum(used - before.get(pid, 0.0) for pid, used in after.items())
+
+
+@dataclass
+class CpuShares:
+    """CPU seconds spent during the burst, by whom: the worker under test, or the emulation."""
+
+    worker_pid: int
+    provider_pid: int | None
+    wall: float = 0.0
+    worker: float = 0.0
+    provider: float = 0.0
+    bench: float = 0.0
+    machine: float = 0.0
+    _start: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def start(self) -> None:
+        self._start = {
+            "wall": time.monotonic(),
+            "worker": tree_cpu_seconds(self.worker_pid),
+            "provider": tree_cpu_seconds(self.provider_pid) if self.provider_pid else {},
+            "bench": tree_cpu_seconds(os.getpid()),
+            "machine": _busy_seconds(),
+        }
+
+    def stop(self) -> None:
+        begun = self._start
+        self.wall = time.monotonic() - begun["wall"]
+        self.worker = cpu_used(begun["worker"], tree_cpu_seconds(self.worker_pid))
+        if self.provider_pid:
+            self.provider = cpu_used(begun["provider"], tree_cpu_seconds(self.provider_pid))
+        bench_now = tree_cpu_seconds(os.getpid())
+        self.bench = bench_now.get(os.getpid(), 0.0) - begun["bench"].get(os.getpid(), 0.0)
+        self.machine = _busy_seconds() - begun["machine"]
+
+    def line(self) -> str:
+        available = self.wall * (os.cpu_count() or 1)
+        return (
+            f"CPU seconds over the burst's {self.wall:.1f} s ({available:.1f} available): worker "
+            f"and its job processes {self.worker:.1f}, emulated provider and avatars "
+            f"{self.provider:.1f}, users (bench) {self.bench:.1f}, whole machine {self.machine:.1f}"
+        )
+
+
+def _busy_seconds() -> float:
+    times = psutil.cpu_times()
+    return float(sum(times) - times.idle - getattr(times, "iowait", 0.0))
+
+
 async def burst(
     server: LiveKitServer,
     lk: api.LiveKitAPI,
@@ -97,6 +169,8 @@ async def burst(
     agent_name: str,
     identity: str,
     sessions: int,
+    *,
+    cpu: CpuShares,
 ) -> list[Measurement]:
     """`sessions` users, each alone in a room; then every dispatch at the same moment."""
     rooms = [f"load-{uuid.uuid4().hex[:8]}" for _ in range(sessions)]
@@ -104,6 +178,7 @@ async def burst(
     measurements = [Measurement(room) for room in rooms]
     clocks = [UserClock(user, identity, want_word=False) for user in users]
     try:
+        cpu.start()
         started = time.monotonic()
         for clock in clocks:
             clock.started = started
@@ -115,6 +190,7 @@ async def burst(
             if isinstance(outcome, BaseException):
                 measurement.error = f"dispatch: {outcome}"
         await asyncio.gather(*(c.until_seen(m) for c, m in zip(clocks, measurements, strict=True)))
+        cpu.stop()
     finally:
         await asyncio.gather(*(clock.aclose() for clock in clocks))
         await asyncio.gather(*(user.leave() for user in users), return_exceptions=True)
@@ -138,17 +214,6 @@ def job_pids(records: Sequence[LogRecord], rooms: set[str], *, worker_pid: int) 
     return pids - {worker_pid}  # the worker logs the job requests it receives, with its own pid
 
 
-def _video(text: str) -> LocalAvatarOptions:
-    try:
-        size, fps = text.split("@")
-        width, height = size.lower().split("x")
-        return LocalAvatarOptions(
-            video_width=int(width), video_height=int(height), video_fps=float(fps)
-        )
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT@FPS, got {text!r}") from None
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -162,7 +227,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--avatar-boot", type=float, default=1.0)
     parser.add_argument(
         "--avatar-video",
-        type=_video,
+        type=avatar_video,
         default=LocalAvatarOptions(video_width=320, video_height=240, video_fps=12.0),
         help="the emulated avatars' video, WIDTHxHEIGHT@FPS (default 320x240@12)",
     )
@@ -178,16 +243,18 @@ async def main(args: argparse.Namespace) -> None:
     conditions = Conditions(
         api_latency=args.api_latency, avatar_boot=args.avatar_boot, avatar_video=args.avatar_video
     )
-    print(f"logs (worker, bench) in {workdir}")
+    identity = IDENTITIES[args.provider]
+    print(f"logs (worker, provider, bench) in {workdir}")
     print(f"{conditions.describe()}; machine at start: {machine_load()}", flush=True)
     with LiveKitServer(server_binary_path()) as server:
         async with (
-            ProviderEmulation(args.provider, conditions) as emulation,
+            provider_in_own_process(args.provider, conditions, workdir) as provider,
             server_api(server) as lk,
         ):
             agent_name, worker = our_worker(
                 server,
-                emulation,
+                args.provider,
+                provider.settings,
                 conditions,
                 workdir,
                 extra={"AGENT_MAX_JOBS": str(max(args.sessions, 8))},
@@ -200,11 +267,10 @@ async def main(args: argparse.Namespace) -> None:
                 for _ in range(args.baseline_runs):
                     baseline.append(
                         await measure_dispatch(
-                            server, lk, worker, agent_name, emulation.identity, want_word=False
+                            server, lk, worker, agent_name, identity, want_word=False
                         )
                     )
                     print(f"single session: first frame {seconds(baseline[-1].first_frame)} s")
-                peaks.sample()
                 single_job_peak = max(
                     (
                         peaks.per_process.get(pid, 0)
@@ -215,8 +281,9 @@ async def main(args: argparse.Namespace) -> None:
                     default=0,
                 )
                 print(f"{args.sessions} dispatches at once ...", flush=True)
+                cpu = CpuShares(worker.pid, provider.pid)
                 loaded = await burst(
-                    server, lk, worker, agent_name, emulation.identity, args.sessions
+                    server, lk, worker, agent_name, identity, args.sessions, cpu=cpu
                 )
                 sampler.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -225,6 +292,7 @@ async def main(args: argparse.Namespace) -> None:
             finally:
                 await stop_all([worker])
             print(report(args, baseline, loaded, peaks, worker, single_job_peak, load_now))
+            print(cpu.line())
 
 
 def report(

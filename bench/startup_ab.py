@@ -109,7 +109,9 @@ async def run_provider(
         flows: Sequence[str | None] = args.anam_flows if provider == "anam" else [None]
         for flow in flows:
             extra = {"ANAM_SESSION_FLOW": flow} if flow else {}
-            name, worker = our_worker(server, emulation, conditions, workdir, extra=extra)
+            name, worker = our_worker(
+                server, provider, emulation.settings(), conditions, workdir, extra=extra
+            )
             arms.append(
                 Arm(
                     f"ours ({flow})" if flow else "ours",
@@ -119,7 +121,9 @@ async def run_provider(
                 )
             )
         if emulation.has_reference:
-            name, worker = reference_worker(server, emulation, conditions, workdir)
+            name, worker = reference_worker(
+                server, provider, emulation.settings(), conditions, workdir
+            )
             arms.append(
                 Arm(
                     "reference",
