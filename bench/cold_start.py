@@ -14,15 +14,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.harness import (
-    ROOT,
-    Conditions,
-    ProviderEmulation,
-    log_to_file,
-    logged_at,
-    machine_load,
-)
+from bench.emulation import ROOT, Conditions, ProviderEmulation
 from bench.stats import Summary, ratio, seconds, table, times
+from bench.workers import log_to_file, logged_at, machine_load
 from tests.support.livekit_server import LiveKitServer, server_binary_path
 from tests.support.worker import WorkerProcess, worker_environment
 

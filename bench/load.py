@@ -27,23 +27,10 @@ from typing import Any
 import psutil
 from livekit import api
 
-from bench.harness import (
-    IDENTITIES,
-    PROVIDERS,
-    Conditions,
-    Measurement,
-    UserClock,
-    avatar_video,
-    log_to_file,
-    machine_load,
-    measure_dispatch,
-    our_worker,
-    provider_in_own_process,
-    start_all,
-    stop_all,
-    wait_job_ended,
-)
+from bench.emulation import IDENTITIES, PROVIDERS, Conditions, avatar_video, provider_in_own_process
+from bench.measure import Measurement, UserClock, measure_dispatch
 from bench.stats import Summary, Target, ratio, seconds, table
+from bench.workers import log_to_file, machine_load, our_worker, start_all, stop_all, wait_job_ended
 from providers.local.participant import LocalAvatarOptions
 from tests.support.dispatch import dispatch_to_workers
 from tests.support.livekit_server import LiveKitServer, server_api, server_binary_path
@@ -224,6 +211,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--provider", choices=PROVIDERS[1:], default="lemonslice")
     parser.add_argument("--api-latency", type=float, default=0.3)
+    parser.add_argument(
+        "--connect-latency", type=float, default=0.0, help="seconds more per new connection"
+    )
     parser.add_argument("--avatar-boot", type=float, default=1.0)
     parser.add_argument(
         "--avatar-video",
@@ -241,7 +231,10 @@ async def main(args: argparse.Namespace) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="bench-load-"))
     log_to_file(workdir / "bench.log")
     conditions = Conditions(
-        api_latency=args.api_latency, avatar_boot=args.avatar_boot, avatar_video=args.avatar_video
+        api_latency=args.api_latency,
+        connect_latency=args.connect_latency,
+        avatar_boot=args.avatar_boot,
+        avatar_video=args.avatar_video,
     )
     identity = IDENTITIES[args.provider]
     print(f"logs (worker, provider, bench) in {workdir}")

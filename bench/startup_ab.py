@@ -32,16 +32,13 @@ from typing import Literal
 import aiohttp
 from livekit import api
 
-from bench.harness import (
-    PROVIDERS,
-    Conditions,
-    LowerBound,
-    Measurement,
-    Provider,
-    ProviderEmulation,
+from bench.emulation import PROVIDERS, Conditions, Provider, ProviderEmulation
+from bench.measure import LowerBound, Measurement, measure_dispatch
+from bench.stats import Summary, Target, ratio, seconds, table, times
+from bench.voice import LOG_MESSAGE
+from bench.workers import (
     log_to_file,
     machine_load,
-    measure_dispatch,
     numeric_fields,
     our_worker,
     reference_worker,
@@ -50,8 +47,6 @@ from bench.harness import (
     stop_all,
     voice_uses,
 )
-from bench.stats import Summary, Target, ratio, seconds, table, times
-from bench.voice import LOG_MESSAGE
 from tests.support.livekit_server import LiveKitServer, server_api, server_binary_path
 from tests.support.worker import WorkerProcess
 
@@ -325,6 +320,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--api-latency", type=_non_negative, default=0.3, help="seconds per API call"
     )
     parser.add_argument(
+        "--connect-latency",
+        type=_non_negative,
+        default=0.0,
+        help="seconds more on each new connection to the provider (DNS, TCP, TLS; default 0)",
+    )
+    parser.add_argument(
         "--avatar-boot", type=_non_negative, default=1.0, help="seconds from create to joining"
     )
     parser.add_argument(
@@ -361,6 +362,7 @@ async def main(args: argparse.Namespace) -> None:
         for latency in args.first_audio_latency:
             conditions = Conditions(
                 api_latency=args.api_latency,
+                connect_latency=args.connect_latency,
                 avatar_boot=args.avatar_boot,
                 first_audio_latency=latency,
             )

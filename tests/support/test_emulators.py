@@ -404,6 +404,21 @@ async def test_latency_delays_every_answer_and_the_session_it_makes(
     assert session.config == ls_body()
 
 
+async def test_connect_latency_is_paid_once_per_connection() -> None:
+    """A client that keeps its connection pays the connection cost once; one that opens a new
+    connection per call pays it each time."""
+    async with LemonSliceEmulator(LS_KEY, connect_latency=0.3) as emulator:
+        async with aiohttp.ClientSession() as pooled:
+            for _ in range(2):
+                await ls_create(pooled, emulator)
+        async with aiohttp.ClientSession() as fresh:
+            await ls_create(fresh, emulator)
+    waits = [r.answered_at - r.arrived_at for r in emulator.requests if r.answered_at is not None]
+    assert len(waits) == 3
+    assert waits[0] >= 0.3 and waits[2] >= 0.3
+    assert waits[1] < 0.3
+
+
 @pytest.mark.parametrize(
     ("change", "message_part"),
     [

@@ -82,6 +82,7 @@ class AnamEmulator(EmulatorServer):
         avatar_launcher: AvatarLauncher | None = None,
         require_jwt_token: bool = True,
         latency: float = 0.0,
+        connect_latency: float = 0.0,
         max_concurrent_sessions: int | None = None,
         session_token_ttl: float = 3600.0,
     ) -> None:
@@ -89,6 +90,7 @@ class AnamEmulator(EmulatorServer):
             routes=("session_token", "engine_session"),
             avatar_launcher=avatar_launcher,
             latency=latency,
+            connect_latency=connect_latency,
         )
         self._api_key = api_key
         self._require_jwt = require_jwt_token

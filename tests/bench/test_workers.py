@@ -1,15 +1,11 @@
-"""The benchmark's reading of the worker's log: which job processes, when the pool is idle, which
-record is the start-up trace and which of its fields are timings."""
+"""The benchmark's reading of the worker's log: when the pool is idle, which record is the start-up
+trace and which of its fields are timings."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
-from bench.harness import numeric_fields, pool_is_idle, startup_trace
-from bench.load import job_pids
-from bench.startup_ab import parse_args
+from bench.workers import numeric_fields, pool_is_idle, startup_trace
 from tests.support.worker import LogRecord, WorkerProcess
 
 
@@ -57,33 +53,3 @@ def test_numeric_fields_flatten_phases_and_skip_log_bookkeeping() -> None:
         "phases.connected": 0.25,
         "phases.avatar.joined": 1.5,
     }
-
-
-def test_job_processes_are_the_pids_logged_with_the_rooms_not_the_worker() -> None:
-    records: list[LogRecord] = [
-        {"message": "received job request", "room": "a", "pid": 100},
-        {"message": "bench voice", "room": "a", "pid": 201},
-        {"message": "process exiting", "room": "b", "pid": 202},
-        {"message": "process exiting", "room": "other", "pid": 203},
-    ]
-    assert job_pids(records, {"a", "b"}, worker_pid=100) == {201, 202}
-
-
-def test_startup_ab_options() -> None:
-    args = parse_args([])
-    assert (args.runs, args.first_audio_latency, args.providers) == (
-        20,
-        [0.0, 0.8],
-        ["lemonslice", "anam"],
-    )
-    args = parse_args(
-        ["--providers", "anam", "--first-audio-latency", "0.5", "--anam-flows", "direct"]
-    )
-    assert (args.providers, args.first_audio_latency, args.anam_flows) == (
-        ["anam"],
-        [0.5],
-        ["direct"],
-    )
-    for bad in (["--providers", "heygen"], ["--first-audio-latency", "-1"], ["--runs", "0"]):
-        with pytest.raises(SystemExit):
-            parse_args(bad)
