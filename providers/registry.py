@@ -89,6 +89,7 @@ def _anam(settings: Settings, session: aiohttp.ClientSession) -> ProviderAvatarS
             ),
             api_key=settings.anam_api_key.get_secret_value(),
             api_url=settings.anam_api_url,
+            flow=settings.anam_session_flow,
         ),
         persona=anam_api.PersonaConfig(
             name=settings.anam_persona_name,

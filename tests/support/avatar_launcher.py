@@ -7,6 +7,7 @@ real LiveKit server with a participant that really joins, publishes and plays th
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 from providers.local.participant import LocalAvatarOptions, LocalAvatarParticipant
 from tests.support.emulators import AvatarLaunch
@@ -28,16 +29,28 @@ class LaunchedAvatar:
 
 
 class LocalAvatarLauncher:
-    """An `AvatarLauncher` that remembers every avatar it sent in."""
+    """An `AvatarLauncher` that remembers every avatar it sent in.
 
-    def __init__(self) -> None:
+    `boot_delay` (seconds) passes between the provider's create and the avatar starting to join, as a
+    real provider's avatar boots; `options` sets its video (the audio rate is the provider's).
+    """
+
+    def __init__(
+        self, *, boot_delay: float = 0.0, options: LocalAvatarOptions | None = None
+    ) -> None:
+        if boot_delay < 0:
+            raise ValueError("boot_delay must be >= 0")
+        self.boot_delay = boot_delay
+        self.options = options or LocalAvatarOptions()
         self.launched: list[LaunchedAvatar] = []
 
     async def __call__(self, launch: AvatarLaunch) -> LaunchedAvatar:
+        if self.boot_delay:
+            await asyncio.sleep(self.boot_delay)
         participant = LocalAvatarParticipant(
             launch.livekit_url,
             launch.livekit_token,
-            options=LocalAvatarOptions(audio_sample_rate=launch.sample_rate),
+            options=dataclasses.replace(self.options, audio_sample_rate=launch.sample_rate),
         )
         await participant.start()
         avatar = LaunchedAvatar(launch, participant)

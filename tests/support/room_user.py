@@ -164,6 +164,22 @@ class RoomUser:
             await stream.aclose()
         raise AssertionError("video stream ended before a frame")
 
+    async def first_voiced_audio(
+        self, identity: str, *, threshold: float, timeout: float = 60.0
+    ) -> float:
+        """time.monotonic() of the first audio frame from the participant whose RMS (int16 units)
+        reaches `threshold`: the moment the user starts hearing speech, not silence."""
+        track = await self.wait_for_track(identity, rtc.TrackKind.KIND_AUDIO, timeout)
+        stream = rtc.AudioStream(track)
+        try:
+            async with asyncio.timeout(timeout):
+                async for event in stream:
+                    if _rms(event.frame) >= threshold:
+                        return time.monotonic()
+        finally:
+            await stream.aclose()
+        raise AssertionError("audio stream ended before any voiced frame")
+
     async def loudest_audio(
         self, identity: str, *, threshold: float, timeout: float = 60.0
     ) -> float:
@@ -175,11 +191,14 @@ class RoomUser:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
                     async for event in stream:
-                        samples = np.frombuffer(event.frame.data, dtype=np.int16).astype(np.float64)
-                        if samples.size:
-                            loudest = max(loudest, float(np.sqrt(np.mean(samples**2))))
+                        loudest = max(loudest, _rms(event.frame))
                         if loudest >= threshold:
                             break
         finally:
             await stream.aclose()
         return loudest
+
+
+def _rms(frame: rtc.AudioFrame) -> float:
+    samples = np.frombuffer(frame.data, dtype=np.int16).astype(np.float64)
+    return float(np.sqrt(np.mean(samples**2))) if samples.size else 0.0

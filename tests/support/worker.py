@@ -138,6 +138,16 @@ class WorkerProcess:
                     )
                 await self._changed.wait()
 
+    async def wait_until(self, condition: Callable[[], bool], *, timeout: float) -> None:
+        """Until `condition()` holds, re-checked on each new line of output, up to `timeout`."""
+        async with asyncio.timeout(timeout), self._changed:
+            while not condition():
+                if self._process is not None and self._process.returncode is not None:
+                    raise AssertionError(
+                        "worker exited before the condition held:\n" + self.output_tail()
+                    )
+                await self._changed.wait()
+
     def logs_for_room(self, room: str) -> list[LogRecord]:
         return [r for r in self.records if r.get("room") == room]
 
