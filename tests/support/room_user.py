@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
@@ -27,6 +27,7 @@ class Transcript:
     speaker: str
     text: str
     final: bool
+    received_at: float = field(default_factory=time.monotonic, compare=False)
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,7 @@ class Microphone:
         self._source = rtc.AudioSource(MICROPHONE_RATE, 1, queue_size_ms=_MIC_QUEUE_MS)
         self._utterances: deque[tuple[npt.NDArray[np.int16], asyncio.Future[float]]] = deque()
         self._feed: asyncio.Task[None] | None = None
+        self._stopping = False
         self.publication: rtc.LocalTrackPublication | None = None
 
     async def start(self) -> None:
@@ -85,31 +87,39 @@ class Microphone:
 
     async def _run(self) -> None:
         silence = np.zeros(_MIC_FRAME_SAMPLES, dtype=np.int16)
-        while True:
+        while not self._stopping:
             if not self._utterances:
                 await self._capture(silence)
                 continue
-            speech, done = self._utterances[0]
+            speech, done = self._utterances.popleft()
             for start in range(0, speech.size, _MIC_FRAME_SAMPLES):
+                if self._stopping:
+                    done.cancel()  # cut off: it never ended
+                    return
                 chunk = speech[start : start + _MIC_FRAME_SAMPLES]
                 if chunk.size < _MIC_FRAME_SAMPLES:
                     chunk = np.concatenate([chunk, silence[chunk.size :]])
                 await self._capture(chunk)
-            self._utterances.popleft()
-            # What is queued still has to play out before the last sample has gone.
-            done.set_result(time.monotonic() + self._source.queued_duration)
+            if not done.done():
+                # What is queued still has to play out before the last sample has gone.
+                done.set_result(time.monotonic() + self._source.queued_duration)
 
     async def _capture(self, samples: npt.NDArray[np.int16]) -> None:
         frame = rtc.AudioFrame(samples.tobytes(), MICROPHONE_RATE, 1, samples.size)
         await self._source.capture_frame(frame)
 
-    async def aclose(self) -> None:
+    async def stop(self) -> None:
+        """Stop feeding the track (after the frame being captured: a capture is not cut off
+        in the native layer)."""
+        self._stopping = True
+        while self._utterances:
+            self._utterances.popleft()[1].cancel()
         if self._feed is not None:
-            self._feed.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._feed
-        for _, done in self._utterances:
-            done.cancel()
+            await self._feed
+            self._feed = None
+
+    async def aclose(self) -> None:
+        await self.stop()
         await self._source.aclose()
 
 
@@ -192,10 +202,12 @@ class RoomUser:
         for ear in self._ears:
             await ear.aclose()
         self._ears.clear()
-        if self._microphone is not None:
-            await self._microphone.aclose()
-            self._microphone = None
+        microphone, self._microphone = self._microphone, None
+        if microphone is not None:
+            await microphone.stop()
         await self.room.disconnect()
+        if microphone is not None:
+            await microphone.aclose()
 
     async def start_microphone(self) -> Microphone:
         """Publish the user's microphone track (always on) if it is not yet."""
@@ -223,9 +235,10 @@ class RoomUser:
         await self.room.local_participant.send_text(text, topic=CHAT_TOPIC)
 
     async def wait_for_transcript(
-        self, speaker: str, contains: str, *, timeout: float = 30.0
+        self, speaker: str, contains: str, *, timeout: float = 30.0, since: float | None = None
     ) -> Transcript:
-        """The first final transcript segment from `speaker` whose text contains `contains`."""
+        """The first final transcript segment from `speaker` whose text contains `contains`
+        (received after `since`, a time.monotonic(), if given)."""
 
         def find() -> Transcript | None:
             for transcript in self.transcripts:
@@ -233,6 +246,7 @@ class RoomUser:
                     transcript.speaker == speaker
                     and transcript.final
                     and contains.lower() in transcript.text.lower()
+                    and (since is None or transcript.received_at > since)
                 ):
                     return transcript
             return None
