@@ -71,6 +71,9 @@ class DecoderProcess:
         try:
             async with asyncio.timeout(_START_TIMEOUT_S):
                 ready = await self._read_reply(process)
+        except TimeoutError:
+            await self._stop()
+            raise APITimeoutError("PocketSphinx did not load its model in time") from None
         except BaseException:
             await self._stop()
             raise
@@ -91,9 +94,11 @@ class DecoderProcess:
             except TimeoutError:
                 await self._stop()  # it may be stuck; the next utterance gets a fresh one
                 raise APITimeoutError("PocketSphinx did not finish decoding in time") from None
-            except (ConnectionError, APIConnectionError):
-                await self._stop()
-                raise
+            except (ConnectionError, APIConnectionError) as error:
+                await self._stop()  # gone; the next attempt starts a fresh one
+                if isinstance(error, APIConnectionError):
+                    raise
+                raise APIConnectionError(f"the PocketSphinx process went away: {error}") from error
         if "error" in reply:
             raise APIError(f"PocketSphinx: {reply['error']}", retryable=False)
         return Recognition(**reply)
@@ -105,7 +110,14 @@ class DecoderProcess:
         if not line:
             code = await process.wait()
             raise APIConnectionError(f"the PocketSphinx process exited (code {code})")
-        reply: dict[str, Any] = json.loads(line)
+        try:
+            reply = json.loads(line)
+        except ValueError:
+            reply = None
+        if not isinstance(reply, dict):
+            raise APIConnectionError(
+                f"unexpected output from the PocketSphinx process: {line[:80]!r}"
+            )
         return reply
 
     async def aclose(self) -> None:
@@ -193,7 +205,7 @@ class SphinxSTT(stt.STT[Never]):  # emits only the base events
 
     async def _prewarm(self) -> None:
         # A failure here comes back, raised, with the first utterance.
-        with contextlib.suppress(APIError):
+        with contextlib.suppress(APIError, OSError):
             await self._decoder.start()
 
     async def recognize_pcm(self, pcm: bytes, *, deadline_s: float) -> Recognition:
