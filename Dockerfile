@@ -1,26 +1,41 @@
 # syntax=docker/dockerfile:1
 
 # Image for the avatar agent worker (`python agent.py start`).
-# Build: docker build -t avatar-agent .
+# Build: docker build -t avatar-agent .        (or scripts/build-image.sh, with podman)
 # Run:   docker run --env-file .env -p 8081:8081 avatar-agent
-FROM python:3.11-slim
+#
+# Two stages: `build` installs uv and syncs the locked runtime dependencies into /app/.venv; the image
+# itself gets that environment (byte-compiled) and the application code, and neither uv nor pip's work.
+
+FROM python:3.11-slim AS build
 
 ARG UV_VERSION=0.13.9
-# Fixed, numeric ids so orchestrators can verify the container runs as non-root.
-ARG APP_UID=10001
 
-ENV PYTHONUNBUFFERED=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     UV_PYTHON=python3.11 \
     UV_PYTHON_DOWNLOADS=never \
     UV_PROJECT_ENVIRONMENT=/app/.venv \
     UV_COMPILE_BYTECODE=1 \
-    UV_NO_CACHE=1 \
-    PATH=/app/.venv/bin:$PATH
+    UV_LINK_MODE=copy \
+    UV_NO_CACHE=1
 
 # No apt packages: every locked dependency ships a manylinux wheel for CPython 3.11,
 # and the native libraries they load (libstdc++, libgcc_s) are part of the Debian base.
 RUN pip install --no-cache-dir --root-user-action=ignore "uv==${UV_VERSION}"
+
+WORKDIR /app
+# Dependencies only (no dev or other groups): this layer is rebuilt only when the lock file changes.
+COPY pyproject.toml uv.lock ./
+RUN uv sync --locked --no-dev
+
+
+FROM python:3.11-slim
+
+# Fixed, numeric ids so orchestrators can verify the container runs as non-root.
+ARG APP_UID=10001
+
+ENV PYTHONUNBUFFERED=1 \
+    PATH=/app/.venv/bin:$PATH
 
 RUN groupadd --gid "${APP_UID}" appuser \
     && useradd --uid "${APP_UID}" --gid "${APP_UID}" --home-dir /app --no-create-home \
@@ -30,16 +45,17 @@ RUN groupadd --gid "${APP_UID}" appuser \
 WORKDIR /app
 USER ${APP_UID}:${APP_UID}
 
-# Dependencies first: this layer is rebuilt only when the lock file changes.
-COPY --chown=${APP_UID}:${APP_UID} pyproject.toml uv.lock ./
-RUN uv sync --locked --no-dev
+# The environment keeps the path it was built at: its scripts and pyvenv.cfg name it.
+COPY --from=build --chown=${APP_UID}:${APP_UID} /app/.venv /app/.venv
 
 COPY --chown=${APP_UID}:${APP_UID} agent.py config.py ./
 COPY --chown=${APP_UID}:${APP_UID} providers/ ./providers/
 COPY --chown=${APP_UID}:${APP_UID} speech/ ./speech/
 
-# Fetch plugin model files at build time so workers start without network downloads.
-RUN python -m livekit.agents download-files
+# Fetch plugin model files at build time so workers start without network downloads, and byte-compile
+# the application (the dependencies were compiled by uv) so no process compiles it at start.
+RUN python -m livekit.agents download-files \
+    && python -m compileall -q -x '/\.venv/' .
 
 # The worker's health endpoint (livekit-agents serves it on 8081 in production mode).
 EXPOSE 8081

@@ -24,6 +24,9 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ProviderName = Literal["local", "lemonslice", "anam"]
+# Anam: "direct" starts the engine session with the API key in one call; "two_step" first exchanges
+# the key for a session token (one more round trip).
+AnamSessionFlow = Literal["two_step", "direct"]
 PROVIDER_NAMES: tuple[ProviderName, ...] = ("local", "lemonslice", "anam")
 
 DEFAULT_LEMONSLICE_API_URL = "https://lemonslice.com/api/liveai/sessions"
@@ -145,6 +148,7 @@ class Settings(BaseModel):
     anam_avatar_id: str | None = None
     anam_persona_name: str = "Assistant"
     anam_avatar_model: str | None = None
+    anam_session_flow: AnamSessionFlow = "direct"
 
     # Voice pipeline (LiveKit Inference model strings)
     stt_model: str = "deepgram/nova-3"

@@ -105,7 +105,10 @@ def _anam(settings: Settings, session: aiohttp.ClientSession) -> ProviderSetup:
         is_quota_exceeded=anam_api.is_hard_limit,
     )
     client = anam_api.AnamAPI(
-        http, api_key=settings.anam_api_key.get_secret_value(), api_url=settings.anam_api_url
+        http,
+        api_key=settings.anam_api_key.get_secret_value(),
+        api_url=settings.anam_api_url,
+        flow=settings.anam_session_flow,
     )
     persona = anam_api.PersonaConfig(
         name=settings.anam_persona_name,

@@ -4,22 +4,8 @@ from __future__ import annotations
 
 import argparse
 import secrets
-from datetime import timedelta
 
-from livekit import api
-
-
-def user_token(*, api_key: str, api_secret: str, room: str, agent_name: str, identity: str) -> str:
-    return (
-        api.AccessToken(api_key, api_secret)
-        .with_identity(identity)
-        .with_grants(api.VideoGrants(room_join=True, room=room))
-        .with_room_config(
-            api.RoomConfiguration(agents=[api.RoomAgentDispatch(agent_name=agent_name)])
-        )
-        .with_ttl(timedelta(hours=2))
-        .to_jwt()
-    )
+from web.token import user_token
 
 
 def main() -> None:

@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
 # Runs every test, from a fresh machine: installs uv (from PyPI) if absent, the locked environment,
-# and the real livekit-server the end-to-end tests run against. Extra arguments go to pytest.
+# the real livekit-server the end-to-end tests run against, and for the browser test Debian's Chromium
+# and the page's livekit-client (npm). Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 source scripts/bootstrap.sh
+# The browser test's page and browser. Without them that test says why (and fails in CI).
+scripts/web-deps.sh || echo "test.sh: livekit-client not installed: the browser test cannot run" >&2
+CHROMIUM_BIN="$(scripts/ensure-chromium.sh)" && export CHROMIUM_BIN ||
+    echo "test.sh: no Chromium: the browser test cannot run" >&2
 
 uv run ruff check .
 uv run ruff format --check .

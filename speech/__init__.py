@@ -1,4 +1,4 @@
-"""Speech synthesis that needs no cloud service."""
+"""Speech synthesis and recognition that need no cloud service."""
 
 from .espeak_tts import (
     EspeakChunkedStream,
@@ -8,6 +8,7 @@ from .espeak_tts import (
     EspeakVoiceError,
     default_engine,
 )
+from .sphinx_stt import SphinxSTT
 
 __all__ = [
     "EspeakChunkedStream",
@@ -15,5 +16,6 @@ __all__ = [
     "EspeakError",
     "EspeakTTS",
     "EspeakVoiceError",
+    "SphinxSTT",
     "default_engine",
 ]

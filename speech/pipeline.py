@@ -1,8 +1,9 @@
 """The agent's voice: LiveKit Inference in the cloud, or an offline voice that needs no account.
 
 LiveKit Inference (STT/LLM/TTS model strings) needs LiveKit Cloud. Against a self-hosted or local server the
-agent would otherwise join and stay silent; the offline voice answers with a deterministic responder
-(speech/responder.py) in the place of the language model and speaks with eSpeak NG.
+agent would otherwise join and stay silent; the offline voice is a whole conversation from installed packages:
+Silero VAD (livekit-local-inference), PocketSphinx speech recognition (speech/sphinx_stt.py), a deterministic
+responder in the place of the language model (speech/responder.py) and eSpeak NG (speech/espeak_tts.py).
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ from livekit.agents import Agent, AgentSession, inference
 from config import Settings
 
 from .espeak_tts import EspeakTTS
-from .responder import OfflineResponder
+from .responder import INTENT_PHRASES, OfflineResponder
+from .sphinx_stt import SphinxSTT
 
 OFFLINE_GREETING = (
-    "Hello! I am your avatar assistant, on the offline voice: no LiveKit Cloud, no language model. "
-    "Type a message and I will answer it. Say help to hear what to configure for a full conversation."
+    "Hello! This is the offline voice: no cloud, no language model. "
+    "Talk to me or type, and I will answer. Say help to hear how to get a full conversation."
 )
 
 
@@ -69,15 +71,18 @@ class OfflineVoice:
     mode: Literal["cloud", "offline"] = "offline"
 
     def create_session(self) -> AgentSession[Any]:
-        # Typed messages (lk.chat) reach the responder; nothing listens to the microphone yet,
-        # so no VAD or turn detector runs for nothing.
+        # The user's speech: Silero VAD cuts it into utterances (the session wraps the non-streaming
+        # STT in the library's VAD stream adapter), PocketSphinx transcribes each one, the responder
+        # answers it as it answers typed messages (lk.chat). The VAD also ends turns and interrupts.
+        # The cloud's adaptive interruption and turn detector models are not available offline.
         return AgentSession(
+            stt=SphinxSTT(phrases=INTENT_PHRASES),
+            vad=inference.VAD(),
             llm=OfflineResponder(),
             tts=EspeakTTS(),
-            vad=None,
             turn_handling={
-                "turn_detection": "manual",
-                "interruption": {"resume_false_interruption": False},
+                "turn_detection": "vad",
+                "interruption": {"mode": "vad", "resume_false_interruption": False},
             },
         )
 

@@ -1,3 +1,3 @@
 """Shared test servers: the real livekit-server fixture lives in tests/support."""
 
-pytest_plugins = ["tests.support.livekit_server"]
+pytest_plugins = ["tests.support.livekit_server", "tests.support.browser"]

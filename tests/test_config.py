@@ -122,6 +122,7 @@ def test_every_problem_is_named_in_one_error(monkeypatch: pytest.MonkeyPatch) ->
         ("AVATAR_LIVEKIT_URL", "livekit.example.com", "AVATAR_LIVEKIT_URL"),
         ("AVATAR_MAX_RESTARTS", "-1", "AVATAR_MAX_RESTARTS"),
         ("AGENT_LOAD_THRESHOLD", "0", "AGENT_LOAD_THRESHOLD"),
+        ("ANAM_SESSION_FLOW", "one_step", "ANAM_SESSION_FLOW"),
     ],
 )
 def test_an_invalid_value_is_named(
@@ -134,6 +135,15 @@ def test_an_invalid_value_is_named(
 def test_anam_needs_its_avatar_id(monkeypatch: pytest.MonkeyPatch) -> None:
     problems = problems_of(monkeypatch, AVATAR_PROVIDER="anam", ANAM_API_KEY="anam-secret-key-0002")
     assert problems == ["ANAM_AVATAR_ID: missing (AVATAR_PROVIDER is anam)"]
+
+
+@pytest.mark.parametrize(("value", "flow"), [(None, "direct"), ("two_step", "two_step")])
+def test_anam_session_flow_defaults_to_direct(
+    monkeypatch: pytest.MonkeyPatch, value: str | None, flow: str
+) -> None:
+    extra = {"ANAM_SESSION_FLOW": value} if value else {}
+    configure(monkeypatch, ANAM_API_KEY="anam-secret-key-0002", ANAM_AVATAR_ID="a-1", **extra)
+    assert load_settings().anam_session_flow == flow
 
 
 def test_dotenv_file_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

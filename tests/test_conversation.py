@@ -1,58 +1,154 @@
 """End to end: the offline conversation, on a real livekit-server with the worker as a process.
 
-No account and no model: the offline responder answers what the user types (lk.chat), the agent
-speaks the answer through the avatar, and the transcript reaches the user as lk.transcription.
+No account and no model: the user speaks into a microphone track (sentences eSpeak NG says in the
+test) or types (lk.chat); the agent hears the speech with Silero VAD and PocketSphinx, the offline
+responder answers, the agent speaks the answer through the avatar, and the transcripts of both sides
+reach the user as lk.transcription. Speaking over a reply interrupts it at the avatar.
 """
 
 from __future__ import annotations
 
+import time
 import uuid
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
 from livekit import rtc
 
+from speech.espeak_tts import default_engine
+from speech.responder import WHO_AM_I
+from tests.support.avatar_launcher import LocalAvatarLauncher
 from tests.support.dispatch import dispatch_to_workers
+from tests.support.emulators import LemonSliceEmulator
 from tests.support.livekit_server import LiveKitServer, server_api
-from tests.support.room_user import AGENT_STATE_ATTRIBUTE, RoomUser
+from tests.support.room_user import AGENT_STATE_ATTRIBUTE, AUDIBLE_RMS, RoomUser
 from tests.support.worker import running_worker
 
 pytestmark = pytest.mark.e2e
 
 AVATAR = "local-avatar-agent"
-AUDIBLE_RMS = 300.0  # int16 units; eSpeak's speech is in the thousands, silence is 0
+LEMONSLICE_AVATAR = "lemonslice-avatar-agent"
+LEMONSLICE_KEY = "ls-conversation-key-never-logged"
+
+# Sentences PocketSphinx hears right in eSpeak NG's voice (see tests/speech/test_sphinx_stt.py).
+WHO_ARE_YOU = "who are you"
+HELLO_WHO_ARE_YOU = "hello, who are you?"
 
 
-async def test_a_typed_message_gets_a_spoken_reply_through_the_avatar(
-    livekit_server: LiveKitServer, tmp_path: Path
-) -> None:
-    agent_name = f"e2e-chat-{uuid.uuid4().hex[:6]}"
-    room = f"room-chat-{uuid.uuid4().hex[:8]}"
-    async with running_worker(
-        livekit_server, agent_name, tmp_path, {"AVATAR_PROVIDER": "local"}
-    ) as worker:
-        user = await RoomUser.join(livekit_server, room)
+async def spoken(text: str) -> tuple[bytes, int]:
+    """`text` in eSpeak NG's en-us voice: 16-bit mono PCM and its sample rate."""
+    engine = default_engine()
+    pcm = await engine.render(text, voice="en-us", words_per_minute=175)
+    return pcm, engine.sample_rate
+
+
+@asynccontextmanager
+async def conversation(
+    livekit_server: LiveKitServer, workdir: Path, env: Mapping[str, str], avatar: str
+) -> AsyncIterator[tuple[RoomUser, rtc.RemoteParticipant]]:
+    """A worker, and a user (microphone on) in a room the agent was dispatched to, after the
+    greeting; the user leaves before the worker stops, which ends the job."""
+    agent_name = f"e2e-talk-{uuid.uuid4().hex[:6]}"
+    async with running_worker(livekit_server, agent_name, workdir, env) as worker:
+        user = await RoomUser.join(livekit_server, f"room-talk-{uuid.uuid4().hex[:8]}")
         try:
+            await user.start_microphone()
             async with server_api(livekit_server) as lk:
-                await dispatch_to_workers(lk, agent_name, room, [worker])
-            agent = await user.wait_for_participant(
-                kind=rtc.ParticipantKind.PARTICIPANT_KIND_AGENT, not_identity=AVATAR, timeout=60
-            )
-            await user.wait_for_participant(identity=AVATAR)
-
-            # The greeting says what this is, in the transcript; then the agent listens.
-            await user.wait_for_transcript(agent.identity, "offline voice", timeout=60)
-            await user.wait_for_attribute(agent.identity, AGENT_STATE_ATTRIBUTE, "listening")
-
-            await user.send_chat("purple elephants dance on the moon")
-            await user.wait_for_attribute(agent.identity, AGENT_STATE_ATTRIBUTE, "speaking")
-            # Listening starts after the greeting ended, so what is heard is the reply, from the avatar.
-            loudest = await user.loudest_audio(AVATAR, threshold=AUDIBLE_RMS, timeout=30)
-            assert loudest >= AUDIBLE_RMS
-            reply = await user.wait_for_transcript(agent.identity, "purple elephants")
-            assert reply.text.strip() == "You said: purple elephants dance on the moon"
-            assert all(
-                p.kind != rtc.TrackKind.KIND_AUDIO for p in agent.track_publications.values()
-            )
+                await dispatch_to_workers(lk, agent_name, user.room.name, [worker])
+            yield user, await greeted(user, avatar)
         finally:
             await user.leave()
+
+
+async def greeted(user: RoomUser, avatar: str) -> rtc.RemoteParticipant:
+    """Wait for the agent and its avatar, and for the greeting to end; returns the agent."""
+    agent = await user.wait_for_participant(
+        kind=rtc.ParticipantKind.PARTICIPANT_KIND_AGENT, not_identity=avatar, timeout=60
+    )
+    await user.wait_for_participant(identity=avatar)
+    # The greeting says what this is, in the transcript; then the agent listens.
+    await user.wait_for_transcript(agent.identity, "offline voice", timeout=60)
+    await user.wait_for_attribute(agent.identity, AGENT_STATE_ATTRIBUTE, "listening")
+    return agent
+
+
+async def test_spoken_and_typed_questions_get_spoken_answers_through_the_avatar(
+    livekit_server: LiveKitServer, tmp_path: Path
+) -> None:
+    local = {"AVATAR_PROVIDER": "local"}
+    async with conversation(livekit_server, tmp_path, local, AVATAR) as (user, agent):
+        ear = await user.listen(AVATAR)
+
+        pcm, rate = await spoken(WHO_ARE_YOU)
+        said_at = await user.speak(pcm, rate)
+
+        # What the agent heard, and what it answered, both as transcripts ...
+        heard = await user.wait_for_transcript(user.room.local_participant.identity, "who")
+        assert heard.text.strip().lower() == WHO_ARE_YOU
+        answer = await user.wait_for_transcript(agent.identity, "avatar voice agent")
+        assert answer.text.strip() == WHO_AM_I
+        # ... and the answer spoken by the avatar, after the question.
+        sound = await ear.first_sound_after(said_at, threshold=AUDIBLE_RMS)
+        print(f"\nend of question -> first answer audio: {sound.received_at - said_at:.2f}s")
+        assert all(p.kind != rtc.TrackKind.KIND_AUDIO for p in agent.track_publications.values())
+
+        # Typing works beside speech (lk.chat): the reply is spoken by the avatar too.
+        await user.wait_for_attribute(agent.identity, AGENT_STATE_ATTRIBUTE, "listening")
+        typed_at = time.monotonic()
+        await user.send_chat("purple elephants dance on the moon")
+        await ear.first_sound_after(typed_at, threshold=AUDIBLE_RMS)
+        reply = await user.wait_for_transcript(agent.identity, "purple elephants")
+        assert reply.text.strip() == "You said: purple elephants dance on the moon"
+
+
+async def test_speaking_over_a_reply_interrupts_it_at_the_avatar(
+    livekit_server: LiveKitServer, tmp_path: Path
+) -> None:
+    """The avatar runs in this process (LemonSlice emulator), so what it received can be checked."""
+    launcher = LocalAvatarLauncher()
+    async with LemonSliceEmulator(api_key=LEMONSLICE_KEY, avatar_launcher=launcher) as emulator:
+        provider = {
+            "AVATAR_PROVIDER": "lemonslice",
+            "LEMONSLICE_API_KEY": LEMONSLICE_KEY,
+            "LEMONSLICE_API_URL": emulator.sessions_url,
+            "LEMONSLICE_AGENT_ID": "agent-e2e",
+        }
+        talk = conversation(livekit_server, tmp_path, provider, LEMONSLICE_AVATAR)
+        async with talk as (user, agent):
+            avatar = launcher.launched[-1].participant
+            assert avatar is not None
+            ear = await user.listen(LEMONSLICE_AVATAR)
+            greeting_segments = avatar.stats.segments_started
+
+            # A question with a long answer (about 8 s) ...
+            pcm, rate = await spoken(WHO_ARE_YOU)
+            said_at = await user.speak(pcm, rate)
+            await ear.first_sound_after(said_at, threshold=AUDIBLE_RMS)
+            assert avatar.stats.segments_started > greeting_segments
+            assert avatar.stats.segments_interrupted == 0
+
+            # ... and while the avatar says it, the user speaks again.
+            pcm, rate = await spoken(HELLO_WHO_ARE_YOU)
+            await user.speak(pcm, rate)
+
+            # The agent answers the new question; by then the avatar had been told to stop
+            # (lk.clear_buffer) and had answered lk.playback_finished with interrupted=true,
+            # which the agent's transcript of the cut-off answer reflects.
+            second = await user.wait_for_transcript(agent.identity, "Hello! I am an avatar")
+            assert second.text.strip() == f"Hello! {WHO_AM_I}"
+            assert avatar.stats.segments_interrupted >= 1
+            assert avatar.stats.input_sample_rates == (16000,)
+            first = next(
+                t
+                for t in user.transcripts
+                if t.speaker == agent.identity and t.final and t.text.startswith("I am an avatar")
+            )
+            assert len(first.text.strip()) < len(WHO_AM_I), first.text
+            heard = [
+                t.text.strip().lower()
+                for t in user.transcripts
+                if t.speaker == user.room.local_participant.identity and t.final
+            ]
+            assert heard == [WHO_ARE_YOU, "hello who are you"]

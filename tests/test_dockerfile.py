@@ -23,10 +23,11 @@ from pathlib import Path
 import pytest
 from dockerfile_parse import DockerfileParser
 
+from tests.support.lock import normalize, runtime_distributions
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = REPO_ROOT / "Dockerfile"
 DOCKERIGNORE = REPO_ROOT / ".dockerignore"
-UV_LOCK = REPO_ROOT / "uv.lock"
 
 WORKER_CMD = ["python", "agent.py", "start"]
 HEALTH_PORT = "8081"
@@ -64,10 +65,13 @@ def _substitute_args(value: str, args: dict[str, str]) -> str:
 
 def _parse_dockerfile() -> tuple[list[Instruction], DockerfileParser]:
     parser = DockerfileParser(fileobj=io.BytesIO(DOCKERFILE.read_bytes()))
-    args: dict[str, str] = dict(parser.args)
     structure: list[dict[str, str]] = parser.structure
+    # ARG defaults as each instruction sees them: an ARG holds in its own build stage only.
+    contexts = parser.context_structure
     instructions = [
-        Instruction(index, item["instruction"], _substitute_args(item["value"], args))
+        Instruction(
+            index, item["instruction"], _substitute_args(item["value"], contexts[index].args)
+        )
         for index, item in enumerate(structure)
         if item["instruction"] != "COMMENT"
     ]
@@ -139,6 +143,23 @@ class Recipe:
     def copies(self) -> list[Copy]:
         return [_copy_of(i) for i in self.of("COPY")]
 
+    @property
+    def context_copies(self) -> list[Copy]:
+        """COPY instructions that take files from the build context (not from another stage)."""
+        return [c for c in self.copies if "from" not in c.flags]
+
+    def stage_start(self, index: int) -> int:
+        """The index of the FROM that starts the build stage `index` is in."""
+        return max(i.index for i in self.of("FROM") if i.index < index)
+
+    @property
+    def final_stage_start(self) -> int:
+        return self.of("FROM")[-1].index
+
+    def env_at(self, index: int) -> dict[str, str]:
+        envs: dict[str, str] = self.parser.context_structure[index].envs
+        return envs
+
     def runs_matching(self, predicate: Callable[[list[str]], bool]) -> list[RunMatch]:
         return [
             (run, command)
@@ -148,7 +169,8 @@ class Recipe:
         ]
 
     def user_at(self, index: int) -> str:
-        users = [i.value for i in self.of("USER") if i.index < index]
+        start = self.stage_start(index)
+        users = [i.value for i in self.of("USER") if start < i.index < index]
         return _user_name(users[-1]) if users else "root"
 
     @property
@@ -189,16 +211,19 @@ def _single(matches: list[RunMatch], what: str) -> RunMatch:
 
 def _source_copies(recipe: Recipe) -> list[Copy]:
     """COPY instructions that bring in application code (not the dependency manifests)."""
-    return [c for c in recipe.copies if not set(c.sources) <= DEPENDENCY_MANIFESTS]
+    return [c for c in recipe.context_copies if not set(c.sources) <= DEPENDENCY_MANIFESTS]
 
 
 def _copied_paths(recipe: Recipe) -> list[str]:
-    return [source.rstrip("/") for c in recipe.copies for source in c.sources]
+    """The build-context paths the Dockerfile copies."""
+    return [source.rstrip("/") for c in recipe.context_copies for source in c.sources]
 
 
 def test_base_image_is_python_311_slim(recipe: Recipe) -> None:
     base: str = recipe.parser.baseimage
     assert re.fullmatch(r"python:3\.11(\.\d+)?-slim(-\w+)?", base), base
+    # the environment built in one stage runs in another: one interpreter for both
+    assert set(recipe.parser.parent_images) == {base}
 
 
 def test_dependencies_come_from_the_lock_without_dev_group(recipe: Recipe) -> None:
@@ -234,8 +259,15 @@ def test_no_dependency_manifest_outside_the_uv_project(recipe: Recipe) -> None:
 
 
 def test_venv_from_sync_is_first_on_path(recipe: Recipe) -> None:
-    venv = recipe.envs.get("UV_PROJECT_ENVIRONMENT", f"{recipe.workdir}/.venv")
+    sync_run, _ = _single(recipe.runs_matching(_is_uv_sync), "uv sync")
+    venv = recipe.env_at(sync_run.index).get("UV_PROJECT_ENVIRONMENT", f"{recipe.workdir}/.venv")
     assert venv.startswith("/"), venv
+    if sync_run.index < recipe.final_stage_start:
+        # built in an earlier stage: copied into the image at the same path (its scripts name it)
+        venv_copies = [c for c in recipe.copies if "from" in c.flags and venv in c.sources]
+        assert len(venv_copies) == 1, "the environment is not copied into the image"
+        assert venv_copies[0].index > recipe.final_stage_start
+        assert venv_copies[0].destination.rstrip("/") == venv
     # dockerfile-parse expands $PATH to empty, so only the first entry is meaningful here
     assert recipe.envs["PATH"].split(":")[0] == f"{venv}/bin"
     assert recipe.envs.get("PYTHONUNBUFFERED") == "1"
@@ -256,7 +288,7 @@ def test_runs_as_fixed_non_root_user_before_download_and_cmd(recipe: Recipe) -> 
 
 def test_application_files_are_owned_by_the_runtime_user(recipe: Recipe) -> None:
     assert recipe.workdir == "/app"
-    for copy in recipe.copies:
+    for copy in [c for c in recipe.copies if c.index > recipe.final_stage_start]:
         owner = _user_name(copy.flags.get("chown", ""))
         assert owner == recipe.user_at(copy.index), f"COPY {copy.sources} is not owned by USER"
 
@@ -319,32 +351,6 @@ def test_image_contains_every_local_module_the_code_imports(recipe: Recipe) -> N
     assert not not_copied, f"imported but not copied into the image: {not_copied}"
 
 
-def _normalize(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
-def _runtime_distributions() -> set[str]:
-    """Distributions `uv sync --no-dev` installs: the lock's closure of the main dependencies."""
-    lock = tomllib.loads(UV_LOCK.read_text(encoding="utf-8"))
-    packages = {_normalize(p["name"]): p for p in lock["package"]}
-    root = next(p for p in lock["package"] if p.get("source", {}).get("virtual") == ".")
-    pending = [(_normalize(d["name"]), tuple(d.get("extra", []))) for d in root["dependencies"]]
-    installed: set[str] = set()
-    seen: set[tuple[str, tuple[str, ...]]] = set()
-    while pending:
-        name, extras = pending.pop()
-        if (name, extras) in seen:
-            continue
-        seen.add((name, extras))
-        installed.add(name)
-        package = packages[name]
-        deps = list(package.get("dependencies", []))
-        for extra in extras:
-            deps += package.get("optional-dependencies", {}).get(extra, [])
-        pending += [(_normalize(d["name"]), tuple(d.get("extra", []))) for d in deps]
-    return installed
-
-
 def test_third_party_imports_are_installed_without_dev_group(recipe: Recipe) -> None:
     copied = sorted(set(_copied_paths(recipe)))
     imported = set().union(*(_top_level_imports(f) for f in _python_files(copied)))
@@ -353,18 +359,25 @@ def test_third_party_imports_are_installed_without_dev_group(recipe: Recipe) -> 
         for name in imported
         if name not in sys.stdlib_module_names and not _is_local_module(name)
     }
-    runtime = _runtime_distributions()
+    runtime = runtime_distributions()
     providers = packages_distributions()
     missing = sorted(
         name
         for name in third_party
-        if not {_normalize(d) for d in providers.get(name, [])} & runtime
+        if not {normalize(d) for d in providers.get(name, [])} & runtime
     )
     assert not missing, f"imported but not installed by `uv sync --no-dev`: {missing}"
 
 
+def test_sync_without_dev_installs_no_other_group() -> None:
+    """`uv sync --no-dev` still installs every group in tool.uv.default-groups (`bench`, say)."""
+    pyproject = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    default_groups = pyproject.get("tool", {}).get("uv", {}).get("default-groups", ["dev"])
+    assert isinstance(default_groups, list) and set(default_groups) <= {"dev"}, default_groups
+
+
 def test_runtime_closure_excludes_dev_tools() -> None:
-    runtime = _runtime_distributions()
+    runtime = runtime_distributions()
     assert {"livekit-agents", "livekit", "espeakng-loader", "numpy"} <= runtime
     assert not {"pytest", "mypy", "ruff", "dockerfile-parse"} & runtime
 
@@ -462,6 +475,8 @@ def dockerignore() -> DockerIgnore:
         ".git/HEAD",
         "tests/test_dockerfile.py",
         "bench/avatar_latency.py",
+        "web/node_modules/livekit-client/package.json",
+        "build/browser/avatar-page.png",
         "KMS/key.pem",
         "worker.log",
         "providers/debug.log",
@@ -473,6 +488,8 @@ def dockerignore() -> DockerIgnore:
         ".ruff_cache/CACHEDIR.TAG",
         ".pytest_cache/README.md",
         "speech/.pytest_cache/v/cache/nodeids",
+        "node_modules/livekit-client/dist/livekit-client.umd.js",
+        "web/node_modules/.package-lock.json",
     ],
 )
 def test_dockerignore_excludes(dockerignore: DockerIgnore, path: str) -> None:

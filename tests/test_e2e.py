@@ -18,19 +18,18 @@ import aiohttp
 import pytest
 from livekit import api, rtc
 
-from scripts.join_local import user_token
 from tests.support.avatar_launcher import LocalAvatarLauncher
 from tests.support.dispatch import dispatch_to_workers
 from tests.support.emulators import AnamEmulator, EmulatorServer, LemonSliceEmulator
 from tests.support.livekit_server import LiveKitServer, connect_participant, server_api
-from tests.support.room_user import RoomUser
+from tests.support.room_user import AUDIBLE_RMS, RoomUser
 from tests.support.worker import LogRecord, WorkerProcess, running_worker, worker_environment
+from web.token import user_token
 
 pytestmark = pytest.mark.e2e
 
 LEMONSLICE_KEY = "ls-e2e-key-never-logged"
 ANAM_KEY = "anam-e2e-key-never-logged"
-AUDIBLE_RMS = 300.0  # int16 units; eSpeak's speech is in the thousands, silence is 0
 PUBLISH_ON_BEHALF = "lk.publish_on_behalf"
 
 

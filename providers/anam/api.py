@@ -1,10 +1,16 @@
-"""Anam's two-step session flow (session token with the API key, then the engine session with that token),
-as the livekit-plugins-anam client spoke it, sent through the shared retry policy."""
+"""Anam's session API, sent through the shared retry policy, in either of its two flows:
+
+- two-step (the seed's contract): a session token with the API key, then the engine session with that
+  token (`create_session_token` + `start_engine_session`);
+- direct (Anam's published API, and livekit-plugins-anam 1.8.9): the engine session straight from the
+  API key and the same persona body, one round trip fewer (`start_session_direct`).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urljoin
 
 from ..http import ProviderHttp
@@ -14,6 +20,9 @@ DEFAULT_API_URL = "https://api.anam.ai"
 LLM_ID = "CUSTOMER_CLIENT_V1"  # the avatar only speaks; our agent is the brain
 # 429s that waiting does not lift (the SDK's own wording).
 HARD_LIMIT_MARKERS = ("concurrent session limit", "spend cap", "usage limit")
+ENGINE_SESSION_PATH = "/v1/engine/session"
+
+SessionFlow = Literal["two_step", "direct"]
 
 
 @dataclass(frozen=True)
@@ -43,13 +52,23 @@ def is_hard_limit(text: str | None) -> bool:
 
 
 class AnamAPI:
-    def __init__(self, http: ProviderHttp, *, api_key: str, api_url: str = DEFAULT_API_URL) -> None:
+    """The wire client; `flow` is how `start_session` starts an engine session."""
+
+    def __init__(
+        self,
+        http: ProviderHttp,
+        *,
+        api_key: str,
+        api_url: str = DEFAULT_API_URL,
+        flow: SessionFlow = "two_step",
+    ) -> None:
         self._http = http
         self._api_key = api_key
         self._base_url = api_url.rstrip("/") + "/"
+        self.flow: SessionFlow = flow
 
     def __repr__(self) -> str:
-        return f"AnamAPI(api_url={self._base_url!r})"
+        return f"AnamAPI(api_url={self._base_url!r}, flow={self.flow!r})"
 
     def _url(self, path: str) -> str:
         return urljoin(self._base_url, path.lstrip("/"))
@@ -57,6 +76,7 @@ class AnamAPI:
     def session_token_payload(
         self, persona: PersonaConfig, *, livekit_url: str, livekit_token: str
     ) -> dict[str, Any]:
+        """The persona and LiveKit body: of the session token (two-step) or the direct engine session."""
         persona_config: dict[str, Any] = {
             "type": "ephemeral",
             "name": persona.name,
@@ -69,6 +89,32 @@ class AnamAPI:
             "personaConfig": persona_config,
             "environment": {"livekitUrl": livekit_url, "livekitToken": livekit_token},
         }
+
+    async def start_session(
+        self,
+        persona: PersonaConfig,
+        *,
+        livekit_url: str,
+        livekit_token: str,
+        deadline: float | None = None,
+        before_create: Callable[[], None] | None = None,
+    ) -> EngineSession:
+        """Start an engine session whose avatar joins LiveKit with `livekit_token`, by this client's flow.
+
+        `before_create` is called right before the request that starts the billed engine session.
+        """
+        if self.flow == "direct":
+            if before_create is not None:
+                before_create()
+            return await self.start_session_direct(
+                persona, livekit_url=livekit_url, livekit_token=livekit_token, deadline=deadline
+            )
+        session_token = await self.create_session_token(
+            persona, livekit_url=livekit_url, livekit_token=livekit_token, deadline=deadline
+        )
+        if before_create is not None:
+            before_create()
+        return await self.start_engine_session(session_token, deadline=deadline)
 
     async def create_session_token(
         self,
@@ -97,7 +143,7 @@ class AnamAPI:
         self, session_token: str, *, deadline: float | None = None
     ) -> EngineSession:
         reply = await self._http.post_json(
-            self._url("/v1/engine/session"),
+            self._url(ENGINE_SESSION_PATH),
             {},
             headers={
                 "Authorization": f"Bearer {session_token}",
@@ -108,9 +154,38 @@ class AnamAPI:
             required="sessionId",
             deadline=deadline,
         )
-        engine_host = reply.get("engineHost")
-        return EngineSession(
-            session_id=str(reply["sessionId"]),
-            engine_host=engine_host if isinstance(engine_host, str) else None,
-            details=reply,
+        return _engine_session(reply)
+
+    async def start_session_direct(
+        self,
+        persona: PersonaConfig,
+        *,
+        livekit_url: str,
+        livekit_token: str,
+        deadline: float | None = None,
+    ) -> EngineSession:
+        """Start the engine session in one call, authorised by the API key (no session token)."""
+        reply = await self._http.post_json(
+            self._url(ENGINE_SESSION_PATH),
+            self.session_token_payload(
+                persona, livekit_url=livekit_url, livekit_token=livekit_token
+            ),
+            headers={
+                "Authorization": f"Bearer {self._api_key}",
+                "Content-Type": "application/json",
+            },
+            operation="start engine session",
+            creates_session=True,
+            required="sessionId",
+            deadline=deadline,
         )
+        return _engine_session(reply)
+
+
+def _engine_session(reply: dict[str, Any]) -> EngineSession:
+    engine_host = reply.get("engineHost")
+    return EngineSession(
+        session_id=str(reply["sessionId"]),
+        engine_host=engine_host if isinstance(engine_host, str) else None,
+        details=reply,
+    )

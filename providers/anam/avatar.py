@@ -22,12 +22,11 @@ class AnamAvatarSession(ProviderAvatarSession):
         self._persona = persona
 
     async def _start_provider(self, request: ProviderStartRequest) -> str:
-        session_token = await self._api.create_session_token(
+        engine = await self._api.start_session(
             self._persona,
             livekit_url=request.livekit_url,
             livekit_token=request.livekit_token,
             deadline=request.deadline,
+            before_create=self._creating,  # the engine session is the billed one
         )
-        self._creating()  # the engine session is the billed one
-        engine = await self._api.start_engine_session(session_token, deadline=request.deadline)
         return engine.session_id

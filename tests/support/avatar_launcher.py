@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -109,9 +110,19 @@ class LaunchedAvatar:
 
 
 class LocalAvatarLauncher:
-    """An `AvatarLauncher` that remembers every avatar it sent in."""
+    """An `AvatarLauncher` that remembers every avatar it sent in.
 
-    def __init__(self) -> None:
+    `boot_delay` (seconds) passes between the provider's create and the avatar starting to join, as a
+    real provider's avatar boots; `options` sets its video (the audio rate is the provider's).
+    """
+
+    def __init__(
+        self, *, boot_delay: float = 0.0, options: LocalAvatarOptions | None = None
+    ) -> None:
+        if boot_delay < 0:
+            raise ValueError("boot_delay must be >= 0")
+        self.boot_delay = boot_delay
+        self.options = options or LocalAvatarOptions()
         self.launched: list[LaunchedAvatar] = []
         self._script: deque[AvatarBehaviour] = deque()
 
@@ -128,8 +139,9 @@ class LocalAvatarLauncher:
             avatar = LaunchedAvatar(launch, None)
             self.launched.append(avatar)
             return avatar
-        if isinstance(behaviour, JoinLate):
-            await asyncio.sleep(behaviour.seconds)  # the provider's slow boot, emulated
+        boot = behaviour.seconds if isinstance(behaviour, JoinLate) else self.boot_delay
+        if boot:
+            await asyncio.sleep(boot)  # the provider's avatar boots
         kind = (
             _UnconfirmingAvatar
             if isinstance(behaviour, NoPlaybackConfirmation)
@@ -138,7 +150,7 @@ class LocalAvatarLauncher:
         participant = kind(
             launch.livekit_url,
             launch.livekit_token,
-            options=LocalAvatarOptions(audio_sample_rate=launch.sample_rate),
+            options=dataclasses.replace(self.options, audio_sample_rate=launch.sample_rate),
         )
         # Removed from the room while still starting (publishing can then wait forever): as a
         # provider would, count the avatar as gone rather than wait on it.

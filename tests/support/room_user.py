@@ -1,13 +1,16 @@
-"""A human-like user in a real LiveKit room: sees who joins, subscribes, decodes video, measures sound."""
+"""A human-like user in a real LiveKit room: sees who joins, subscribes, decodes video, measures sound,
+speaks into a microphone track and types."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import time
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 
 import numpy as np
+import numpy.typing as npt
 from livekit import rtc
 
 from tests.support.livekit_server import LiveKitServer, connect_participant
@@ -24,6 +27,11 @@ class Transcript:
     speaker: str
     text: str
     final: bool
+    received_at: float = field(default_factory=time.monotonic, compare=False)
+
+
+# The RMS (int16 units) above which a track is speaking: eSpeak's speech is in the thousands, silence 0.
+AUDIBLE_RMS = 300.0
 
 
 @dataclass(frozen=True)
@@ -31,6 +39,135 @@ class FirstFrame:
     width: int
     height: int
     received_at: float  # time.monotonic()
+
+
+MICROPHONE_RATE = 48_000
+_MIC_FRAME_SAMPLES = MICROPHONE_RATE // 100  # 10 ms, as WebRTC sends it
+_MIC_QUEUE_MS = 50  # how far the microphone's feed runs ahead of real time
+
+
+def resample(pcm: bytes, sample_rate: int, output_rate: int) -> npt.NDArray[np.int16]:
+    """16-bit mono PCM at `output_rate`."""
+    frame = rtc.AudioFrame(pcm, sample_rate, 1, len(pcm) // 2)
+    if sample_rate == output_rate:
+        return np.frombuffer(pcm, dtype=np.int16).copy()
+    resampler = rtc.AudioResampler(sample_rate, output_rate, num_channels=1)
+    frames = [*resampler.push(frame), *resampler.flush()]
+    return np.concatenate([np.frombuffer(f.data, dtype=np.int16) for f in frames])
+
+
+class Microphone:
+    """A published microphone track that is always on: silence, except while `say` plays speech.
+
+    The feed is paced by the audio source's queue, so speech goes out in real time, as from a
+    person; a real microphone never goes quiet either, and the agent's VAD sees the silence that
+    ends an utterance.
+    """
+
+    def __init__(self, room: rtc.Room) -> None:
+        self._room = room
+        self._source = rtc.AudioSource(MICROPHONE_RATE, 1, queue_size_ms=_MIC_QUEUE_MS)
+        self._utterances: deque[tuple[npt.NDArray[np.int16], asyncio.Future[float]]] = deque()
+        self._feed: asyncio.Task[None] | None = None
+        self._stopping = False
+        self.publication: rtc.LocalTrackPublication | None = None
+
+    async def start(self) -> None:
+        track = rtc.LocalAudioTrack.create_audio_track("microphone", self._source)
+        self.publication = await self._room.local_participant.publish_track(
+            track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
+        )
+        self._feed = asyncio.create_task(self._run())
+
+    async def say(self, pcm: bytes, sample_rate: int, *, timeout: float = 30.0) -> float:
+        """Speak 16-bit mono PCM once someone listens to the track; returns (time.monotonic())
+        when its last sample went out."""
+        assert self.publication is not None, "start() the microphone first"
+        async with asyncio.timeout(timeout):
+            await self.publication.wait_for_subscription()
+        done: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self._utterances.append((resample(pcm, sample_rate, MICROPHONE_RATE), done))
+        return await done
+
+    async def _run(self) -> None:
+        silence = np.zeros(_MIC_FRAME_SAMPLES, dtype=np.int16)
+        while not self._stopping:
+            if not self._utterances:
+                await self._capture(silence)
+                continue
+            speech, done = self._utterances.popleft()
+            for start in range(0, speech.size, _MIC_FRAME_SAMPLES):
+                if self._stopping:
+                    done.cancel()  # cut off: it never ended
+                    return
+                chunk = speech[start : start + _MIC_FRAME_SAMPLES]
+                if chunk.size < _MIC_FRAME_SAMPLES:
+                    chunk = np.concatenate([chunk, silence[chunk.size :]])
+                await self._capture(chunk)
+            if not done.done():
+                # What is queued still has to play out before the last sample has gone.
+                done.set_result(time.monotonic() + self._source.queued_duration)
+
+    async def _capture(self, samples: npt.NDArray[np.int16]) -> None:
+        frame = rtc.AudioFrame(samples.tobytes(), MICROPHONE_RATE, 1, samples.size)
+        await self._source.capture_frame(frame)
+
+    async def stop(self) -> None:
+        """Stop feeding the track (after the frame being captured: a capture is not cut off
+        in the native layer)."""
+        self._stopping = True
+        while self._utterances:
+            self._utterances.popleft()[1].cancel()
+        if self._feed is not None:
+            await self._feed
+            self._feed = None
+
+    async def aclose(self) -> None:
+        await self.stop()
+        await self._source.aclose()
+
+
+@dataclass(frozen=True)
+class Sound:
+    """One received audio frame's loudness."""
+
+    received_at: float  # time.monotonic()
+    rms: float  # int16 units
+
+
+class Ear:
+    """Listens to one participant's audio track from now on, keeping each frame's loudness."""
+
+    def __init__(self, track: rtc.RemoteAudioTrack) -> None:
+        self._stream = rtc.AudioStream(track)
+        self.timeline: list[Sound] = []
+        self._heard = asyncio.Event()
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        async for event in self._stream:
+            samples = np.frombuffer(event.frame.data, dtype=np.int16).astype(np.float64)
+            rms = float(np.sqrt(np.mean(samples**2))) if samples.size else 0.0
+            self.timeline.append(Sound(time.monotonic(), rms))
+            self._heard.set()
+
+    async def first_sound_after(
+        self, after: float, *, threshold: float, timeout: float = 30.0
+    ) -> Sound:
+        """The first frame received after `after` (time.monotonic()) louder than `threshold`."""
+        async with asyncio.timeout(timeout):
+            while True:
+                for sound in self.timeline:
+                    if sound.received_at > after and sound.rms >= threshold:
+                        return sound
+                self._heard.clear()
+                await self._heard.wait()
+
+    async def aclose(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        await self._stream.aclose()
 
 
 class RoomUser:
@@ -51,6 +188,8 @@ class RoomUser:
         self.transcripts: list[Transcript] = []
         self._readers: set[asyncio.Task[None]] = set()
         room.register_text_stream_handler(TRANSCRIPTION_TOPIC, self._on_transcription)
+        self._microphone: Microphone | None = None
+        self._ears: list[Ear] = []
 
     def _on_joined(self, participant: rtc.RemoteParticipant) -> None:
         self.joined_at[participant.identity] = time.monotonic()
@@ -81,7 +220,7 @@ class RoomUser:
         self.left_at[participant.identity] = time.monotonic()
         self._changed.set()
 
-    def listen(self, threshold: float) -> Ears:
+    def hear_everyone(self, threshold: float) -> Ears:
         """Hear every audio track from now on, and remember when each participant was audible."""
         return Ears(self, threshold)
 
@@ -104,16 +243,46 @@ class RoomUser:
     async def leave(self) -> None:
         for reader in list(self._readers):
             reader.cancel()
+        for ear in self._ears:
+            await ear.aclose()
+        self._ears.clear()
+        microphone, self._microphone = self._microphone, None
+        if microphone is not None:
+            await microphone.stop()
         await self.room.disconnect()
+        if microphone is not None:
+            await microphone.aclose()
+
+    async def start_microphone(self) -> Microphone:
+        """Publish the user's microphone track (always on) if it is not yet."""
+        if self._microphone is None:
+            self._microphone = Microphone(self.room)
+            await self._microphone.start()
+        return self._microphone
+
+    async def speak(self, pcm: bytes, sample_rate: int) -> float:
+        """Say 16-bit mono PCM into the user's microphone, once the agent listens to it.
+        Returns time.monotonic() at the end of the speech."""
+        microphone = await self.start_microphone()
+        return await microphone.say(pcm, sample_rate)
+
+    async def listen(self, identity: str, timeout: float = 30.0) -> Ear:
+        """Start keeping the loudness of everything `identity` says from now on."""
+        track = await self.wait_for_track(identity, rtc.TrackKind.KIND_AUDIO, timeout)
+        assert isinstance(track, rtc.RemoteAudioTrack)
+        ear = Ear(track)
+        self._ears.append(ear)
+        return ear
 
     async def send_chat(self, text: str) -> None:
         """Type a message to the agent, as a frontend's chat box does."""
         await self.room.local_participant.send_text(text, topic=CHAT_TOPIC)
 
     async def wait_for_transcript(
-        self, speaker: str, contains: str, *, timeout: float = 30.0
+        self, speaker: str, contains: str, *, timeout: float = 30.0, since: float | None = None
     ) -> Transcript:
-        """The first final transcript segment from `speaker` whose text contains `contains`."""
+        """The first final transcript segment from `speaker` whose text contains `contains`
+        (received after `since`, a time.monotonic(), if given)."""
 
         def find() -> Transcript | None:
             for transcript in self.transcripts:
@@ -121,6 +290,7 @@ class RoomUser:
                     transcript.speaker == speaker
                     and transcript.final
                     and contains.lower() in transcript.text.lower()
+                    and (since is None or transcript.received_at > since)
                 ):
                     return transcript
             return None
@@ -200,6 +370,22 @@ class RoomUser:
             await stream.aclose()
         raise AssertionError("video stream ended before a frame")
 
+    async def first_voiced_audio(
+        self, identity: str, *, threshold: float, timeout: float = 60.0
+    ) -> float:
+        """time.monotonic() of the first audio frame from the participant whose RMS (int16 units)
+        reaches `threshold`: the moment the user starts hearing speech, not silence."""
+        track = await self.wait_for_track(identity, rtc.TrackKind.KIND_AUDIO, timeout)
+        stream = rtc.AudioStream(track)
+        try:
+            async with asyncio.timeout(timeout):
+                async for event in stream:
+                    if _rms(event.frame) >= threshold:
+                        return time.monotonic()
+        finally:
+            await stream.aclose()
+        raise AssertionError("audio stream ended before any voiced frame")
+
     async def loudest_audio(
         self, identity: str, *, threshold: float, timeout: float = 60.0
     ) -> float:
@@ -211,9 +397,7 @@ class RoomUser:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
                     async for event in stream:
-                        samples = np.frombuffer(event.frame.data, dtype=np.int16).astype(np.float64)
-                        if samples.size:
-                            loudest = max(loudest, float(np.sqrt(np.mean(samples**2))))
+                        loudest = max(loudest, _rms(event.frame))
                         if loudest >= threshold:
                             break
         finally:
@@ -253,8 +437,7 @@ class Ears:
         stream = rtc.AudioStream(track)
         try:
             async for event in stream:
-                samples = np.frombuffer(event.frame.data, dtype=np.int16).astype(np.float64)
-                if samples.size and np.sqrt(np.mean(samples**2)) >= self._threshold:
+                if _rms(event.frame) >= self._threshold:
                     self.audible.setdefault(identity, []).append(time.monotonic())
                     self._user._changed.set()
         finally:
@@ -278,3 +461,8 @@ class Ears:
         for task in self._streams.values():
             task.cancel()
         await asyncio.gather(*self._streams.values(), return_exceptions=True)
+
+
+def _rms(frame: rtc.AudioFrame) -> float:
+    samples = np.frombuffer(frame.data, dtype=np.int16).astype(np.float64)
+    return float(np.sqrt(np.mean(samples**2))) if samples.size else 0.0

@@ -322,7 +322,8 @@ async def test_anam_two_step_flow_and_single_use_token(
 
     engine_url = anam.url + "/v1/engine/session"
     async with http.post(engine_url, headers=bearer(ANAM_KEY), json={}) as r:
-        assert r.status == 401
+        assert r.status == 400  # the API key starts a session only with the persona body
+        assert "personaConfig" in (await r.json())["message"]
     async with http.post(engine_url, headers=bearer("a.b.c"), json={}) as r:
         assert r.status == 401
     async with http.post(engine_url, headers=bearer(token), json={"extra": 1}) as r:
@@ -340,7 +341,83 @@ async def test_anam_two_step_flow_and_single_use_token(
     assert session.session_id == started["sessionId"]
     assert session.launch.sample_rate == 24000
     assert session.launch.livekit_token == LIVEKIT_TOKEN
-    assert [q.status for q in anam.requests_for("engine_session")] == [401, 401, 400, 200, 401]
+    assert [q.status for q in anam.requests_for("engine_session")] == [400, 401, 400, 200, 401]
+
+
+async def test_anam_direct_flow_takes_the_api_key_and_the_plugin_body(
+    http: aiohttp.ClientSession, anam: AnamEmulator
+) -> None:
+    """One call, as livekit-plugins-anam 1.8.9 makes it: director notes are an object there."""
+    body = anam_body()
+    body["personaConfig"] |= {
+        "avatarModel": "cara-3",
+        "directorNotes": {"expressivity": 0.7, "presetStyle": "warm"},
+    }
+    body["sessionOptions"] = {"videoWidth": 720, "videoHeight": 1280}
+    engine_url = anam.url + "/v1/engine/session"
+    async with http.post(engine_url, headers=bearer(ANAM_KEY), json=body) as r:
+        assert r.status == 200
+        started = await r.json()
+    async with http.post(engine_url, headers=bearer("not-the-key"), json=body) as r:
+        assert r.status == 401
+    [session] = anam.active_sessions
+    assert session.session_id == started["sessionId"]
+    assert session.config == body
+    assert session.launch.livekit_token == LIVEKIT_TOKEN
+    assert anam.issued_token_count == 0
+
+
+@pytest.mark.parametrize(
+    ("notes", "message_part"),
+    [
+        ({"expressivity": 1.5}, "expressivity"),
+        ({"presetStyle": "warm", "customStylePrompt": "calm"}, "mutually exclusive"),
+        ({"mood": "happy"}, "directorNotes.mood"),
+        ({"presetStyle": ""}, "presetStyle"),
+    ],
+)
+async def test_anam_direct_flow_rejects_bad_director_notes_and_starts_nothing(
+    http: aiohttp.ClientSession, anam: AnamEmulator, notes: dict[str, Any], message_part: str
+) -> None:
+    body = anam_body()
+    body["personaConfig"]["directorNotes"] = notes
+    async with http.post(anam.url + "/v1/engine/session", headers=bearer(ANAM_KEY), json=body) as r:
+        assert r.status == 400
+        assert message_part in (await r.json())["message"]
+    assert anam.sessions == ()
+
+
+async def test_latency_delays_every_answer_and_the_session_it_makes(
+    http: aiohttp.ClientSession,
+) -> None:
+    async with LemonSliceEmulator(LS_KEY, latency=0.3) as emulator:
+        status, _ = await ls_create(http, emulator)
+        async with http.post(
+            emulator.sessions_url, headers=ls_headers("wrong"), json=ls_body()
+        ) as r:
+            assert r.status == 401
+    first, refused = emulator.requests
+    assert status == 201
+    for record in (first, refused):
+        assert record.answered_at is not None
+        assert 0.3 <= record.answered_at - record.arrived_at < 1.0
+    [session] = emulator.sessions
+    assert session.config == ls_body()
+
+
+async def test_connect_latency_is_paid_once_per_connection() -> None:
+    """A client that keeps its connection pays the connection cost once; one that opens a new
+    connection per call pays it each time."""
+    async with LemonSliceEmulator(LS_KEY, connect_latency=0.3) as emulator:
+        async with aiohttp.ClientSession() as pooled:
+            for _ in range(2):
+                await ls_create(pooled, emulator)
+        async with aiohttp.ClientSession() as fresh:
+            await ls_create(fresh, emulator)
+    waits = [r.answered_at - r.arrived_at for r in emulator.requests if r.answered_at is not None]
+    assert len(waits) == 3
+    assert waits[0] >= 0.3 and waits[2] >= 0.3
+    assert waits[1] < 0.3
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ import json
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,15 @@ def worker_environment(
     return {
         "PATH": os.environ["PATH"],
         "HOME": os.environ.get("HOME", "/tmp"),
+        **worker_settings(server, agent_name, extra),
+    }
+
+
+def worker_settings(
+    server: LiveKitServer, agent_name: str, extra: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The worker's own variables (LiveKit, agent name, capacity), `extra` last."""
+    return {
         "LIVEKIT_URL": server.ws_url,
         "LIVEKIT_API_KEY": server.api_key,
         "LIVEKIT_API_SECRET": server.api_secret,
@@ -55,16 +64,27 @@ async def running_worker(
 
 
 class WorkerProcess:
-    """Starts the worker, follows its log, and stops it with nothing left behind."""
+    """Starts the worker, follows its log, and stops it with nothing left behind.
 
-    def __init__(self, env: Mapping[str, str], *, cwd: Path) -> None:
+    The worker is `python agent.py start` from this checkout unless `command` says otherwise (the
+    container image's CMD, for instance); `cwd` is where it starts and where its log is kept.
+    """
+
+    def __init__(
+        self, env: Mapping[str, str], *, cwd: Path, command: Sequence[str] | None = None
+    ) -> None:
         self._env = dict(env)
         self._cwd = cwd
+        self._command = list(command or [sys.executable, str(AGENT_SCRIPT), "start"])
         self._process: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task[None] | None = None
         self.records: list[LogRecord] = []
         self.raw_output: list[str] = []
         self._changed = asyncio.Condition()
+
+    @property
+    def started(self) -> bool:
+        return self._process is not None
 
     @property
     def pid(self) -> int:
@@ -74,9 +94,7 @@ class WorkerProcess:
     async def start(self, *, register_timeout: float = 60.0) -> LogRecord:
         """Start and wait for the worker to register with LiveKit; returns that log record."""
         self._process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            str(AGENT_SCRIPT),
-            "start",
+            *self._command,
             cwd=self._cwd,
             env=self._env,
             stdin=asyncio.subprocess.DEVNULL,
@@ -120,11 +138,31 @@ class WorkerProcess:
                     )
                 await self._changed.wait()
 
+    async def wait_until(self, condition: Callable[[], bool], *, timeout: float) -> None:
+        """Until `condition()` holds, re-checked on each new line of output, up to `timeout`."""
+        async with asyncio.timeout(timeout), self._changed:
+            while not condition():
+                if self._process is not None and self._process.returncode is not None:
+                    raise AssertionError(
+                        "worker exited before the condition held:\n" + self.output_tail()
+                    )
+                await self._changed.wait()
+
     def logs_for_room(self, room: str) -> list[LogRecord]:
         return [r for r in self.records if r.get("room") == room]
 
     def output_tail(self, lines: int = 40) -> str:
         return "\n".join(line[:400] for line in self.raw_output[-lines:])
+
+    def terminate(self) -> None:
+        """SIGTERM, as an orchestrator stopping the worker sends it: the worker drains its jobs."""
+        assert self._process is not None
+        self._process.send_signal(signal.SIGTERM)
+
+    async def wait_for_exit(self, *, timeout: float) -> int:
+        """The exit code, once the worker exits by itself (no signal sent)."""
+        assert self._process is not None
+        return await asyncio.wait_for(self._process.wait(), timeout)
 
     def descendants(self) -> list[psutil.Process]:
         try:

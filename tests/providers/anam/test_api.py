@@ -1,4 +1,5 @@
-"""AnamAPI against a strict emulator: the seed's two-step flow, and every failure cause."""
+"""AnamAPI against a strict emulator: the seed's two-step flow, the direct one-call flow, and every
+failure cause."""
 
 from __future__ import annotations
 
@@ -7,10 +8,17 @@ import time
 import aiohttp
 import pytest
 
-from providers.anam.api import AnamAPI, PersonaConfig, is_hard_limit, read_error_text
+from providers.anam.api import (
+    AnamAPI,
+    PersonaConfig,
+    SessionFlow,
+    is_hard_limit,
+    read_error_text,
+)
 from providers.errors import (
     AuthenticationError,
     PaymentRequiredError,
+    ProviderConnectionError,
     ProviderProtocolError,
     ProviderTimeoutError,
     ProviderUnavailableError,
@@ -20,6 +28,7 @@ from providers.retry import RetryPolicy
 from tests.providers.conftest import ANAM_KEY, FAST_POLICY, avatar_token, provider_http
 from tests.support.emulators import (
     AnamEmulator,
+    CloseConnection,
     Hang,
     MalformedJson,
     MissingSuccessField,
@@ -39,11 +48,12 @@ def client(
     emulator: AnamEmulator,
     policy: RetryPolicy = FAST_POLICY,
     api_url: str | None = None,
+    flow: SessionFlow = "two_step",
 ) -> AnamAPI:
     http = provider_http(
         session, "anam", policy, read_error_text=read_error_text, is_quota_exceeded=is_hard_limit
     )
-    return AnamAPI(http, api_key=ANAM_KEY, api_url=api_url or emulator.url)
+    return AnamAPI(http, api_key=ANAM_KEY, api_url=api_url or emulator.url, flow=flow)
 
 
 async def start(anam: AnamAPI, persona: PersonaConfig = PERSONA) -> str:
@@ -197,3 +207,129 @@ async def test_an_engine_session_that_may_have_started_is_not_asked_for_twice(
 def test_reprs_hold_no_key(http_session: aiohttp.ClientSession) -> None:
     anam = AnamAPI(provider_http(http_session, "anam"), api_key=ANAM_KEY)
     assert ANAM_KEY not in repr(anam)
+
+
+# -- the direct flow: one call with the API key -------------------------------------------------
+
+
+async def start_direct(anam: AnamAPI, persona: PersonaConfig = PERSONA) -> str:
+    engine = await anam.start_session_direct(
+        persona, livekit_url="wss://example.livekit.cloud", livekit_token=avatar_token()
+    )
+    return engine.session_id
+
+
+async def test_direct_flow_is_one_call_with_the_api_key_and_the_persona_body(
+    http_session: aiohttp.ClientSession, anam_emulator: AnamEmulator
+) -> None:
+    """The wire shape of livekit-plugins-anam 1.8.9's start_session: no session token at all."""
+    livekit_token = avatar_token()
+    anam = client(http_session, anam_emulator)
+    engine = await anam.start_session_direct(
+        PersonaConfig(name="Cara", avatar_id="avatar-123", avatar_model="cara-3"),
+        livekit_url="wss://example.livekit.cloud",
+        livekit_token=livekit_token,
+    )
+
+    [request] = anam_emulator.requests
+    assert (request.method, request.path) == ("POST", "/v1/engine/session")
+    assert request.headers["Authorization"] == f"Bearer {ANAM_KEY}"
+    assert request.headers["Content-Type"].startswith("application/json")
+    assert request.json == {
+        "personaConfig": {
+            "type": "ephemeral",
+            "name": "Cara",
+            "avatarId": "avatar-123",
+            "llmId": "CUSTOMER_CLIENT_V1",
+            "avatarModel": "cara-3",
+        },
+        "environment": {"livekitUrl": "wss://example.livekit.cloud", "livekitToken": livekit_token},
+    }
+    assert anam_emulator.issued_token_count == 0
+    [session] = anam_emulator.active_sessions
+    assert session.session_id == engine.session_id
+    assert session.launch.livekit_token == livekit_token
+    assert engine.engine_host
+
+
+@pytest.mark.parametrize(
+    ("flow", "paths"),
+    [
+        ("direct", ["/v1/engine/session"]),
+        ("two_step", ["/v1/auth/session-token", "/v1/engine/session"]),
+    ],
+)
+async def test_start_session_follows_the_clients_flow(
+    http_session: aiohttp.ClientSession,
+    anam_emulator: AnamEmulator,
+    flow: SessionFlow,
+    paths: list[str],
+) -> None:
+    anam = client(http_session, anam_emulator, flow=flow)
+    engine = await anam.start_session(
+        PERSONA, livekit_url="wss://example.livekit.cloud", livekit_token=avatar_token()
+    )
+    assert [r.path for r in anam_emulator.requests] == paths
+    assert [s.session_id for s in anam_emulator.active_sessions] == [engine.session_id]
+    assert flow in repr(anam) and ANAM_KEY not in repr(anam)
+
+
+async def test_direct_flow_retries_a_busy_engine(
+    http_session: aiohttp.ClientSession, anam_emulator: AnamEmulator
+) -> None:
+    anam_emulator.inject("engine_session", StatusFault(503, "busy"), rate_limited(0))
+    await start_direct(client(http_session, anam_emulator))
+    assert [r.status for r in anam_emulator.requests] == [503, 429, 200]
+    assert len(anam_emulator.active_sessions) == 1
+
+
+@pytest.mark.parametrize("fault", [concurrent_session_limit(), spend_cap_reached()])
+async def test_direct_flow_does_not_retry_hard_limits(
+    http_session: aiohttp.ClientSession, anam_emulator: AnamEmulator, fault: StatusFault
+) -> None:
+    anam_emulator.inject("engine_session", fault)
+    with pytest.raises(QuotaExceededError):
+        await start_direct(client(http_session, anam_emulator))
+    assert len(anam_emulator.requests) == 1
+
+
+@pytest.mark.parametrize("fault", [MissingSuccessField(), MalformedJson()])
+async def test_direct_flow_never_retries_a_bad_reply_to_a_create(
+    http_session: aiohttp.ClientSession,
+    anam_emulator: AnamEmulator,
+    fault: MissingSuccessField | MalformedJson,
+) -> None:
+    """The engine session exists (and bills) although its id never reached us: one call, one orphan."""
+    anam = client(http_session, anam_emulator)
+    anam_emulator.inject("engine_session", fault)
+    with pytest.raises(ProviderProtocolError):
+        await start_direct(anam)
+    assert len(anam_emulator.requests) == 1
+    assert len(anam_emulator.sessions) == 1
+    assert [o.operation for o in anam._http.possible_orphans] == ["start engine session"]
+
+
+async def test_direct_flow_does_not_retry_a_create_that_may_have_started_a_session(
+    http_session: aiohttp.ClientSession, anam_emulator: AnamEmulator
+) -> None:
+    """The connection dropped after the request was read: a second create could be a second
+    billed session, so it is recorded as a possible orphan and not sent again."""
+    anam = client(http_session, anam_emulator)
+    anam_emulator.inject("engine_session", CloseConnection())
+    with pytest.raises(ProviderConnectionError):
+        await start_direct(anam)
+    assert len(anam_emulator.requests_for("engine_session")) == 1
+    assert [o.attempt for o in anam._http.possible_orphans] == [1]
+
+
+async def test_direct_flow_refuses_a_wrong_key_once(
+    http_session: aiohttp.ClientSession, anam_emulator: AnamEmulator
+) -> None:
+    http = provider_http(
+        http_session, "anam", read_error_text=read_error_text, is_quota_exceeded=is_hard_limit
+    )
+    anam = AnamAPI(http, api_key="not-the-key", api_url=anam_emulator.url)
+    with pytest.raises(AuthenticationError) as caught:
+        await start_direct(anam)
+    assert len(anam_emulator.requests) == 1
+    assert "not-the-key" not in str(caught.value)

@@ -20,6 +20,8 @@ class RecordedRequest:
     headers: CIMultiDictProxy[str]
     arrived_at: float
     """loop.time() when the request reached the handler."""
+    new_connection: bool = False
+    """The first request on its connection (the one that pays `connect_latency`)."""
     route: str | None = None
     """The emulator's route name, or None for a path it does not serve."""
     body: bytes = b""

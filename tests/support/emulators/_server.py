@@ -7,6 +7,7 @@ import email.utils
 import functools
 import json
 import uuid
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -65,11 +66,29 @@ Processor = Callable[[web.Request, RecordedRequest], Awaitable[Reply]]
 
 
 class EmulatorServer(ABC):
-    """An aiohttp server on 127.0.0.1 (a free port); use as an async context manager."""
+    """An aiohttp server on 127.0.0.1 (a free port); use as an async context manager.
+
+    `latency` (seconds) is added to every call to a route before it is looked at, as a real
+    provider's network and processing time (the benchmark's "API latency"); `connect_latency` once
+    more to the first call on each new connection, as DNS, TCP and TLS cost a client that does not
+    keep its connections.
+    """
 
     provider: Provider
 
-    def __init__(self, *, routes: Iterable[str], avatar_launcher: AvatarLauncher | None) -> None:
+    def __init__(
+        self,
+        *,
+        routes: Iterable[str],
+        avatar_launcher: AvatarLauncher | None,
+        latency: float = 0.0,
+        connect_latency: float = 0.0,
+    ) -> None:
+        if latency < 0 or connect_latency < 0:
+            raise ValueError("latencies must be >= 0")
+        self._latency = latency
+        self._connect_latency = connect_latency
+        self._connections: weakref.WeakSet[asyncio.BaseTransport] = weakref.WeakSet()
         self._faults = FaultScript(routes)
         self._launcher = avatar_launcher
         self._requests: list[RecordedRequest] = []
@@ -262,6 +281,9 @@ class EmulatorServer(ABC):
             headers=CIMultiDictProxy(CIMultiDict(request.headers)),
             arrived_at=loop.time(),
         )
+        if request.transport is not None and request.transport not in self._connections:
+            self._connections.add(request.transport)
+            record.new_connection = True
         self._requests.append(record)
         self._notify()
         record.body = await request.read()
@@ -283,6 +305,14 @@ class EmulatorServer(ABC):
     async def _serve(
         self, request: web.Request, record: RecordedRequest, route: str, process: Processor
     ) -> web.StreamResponse:
+        delay = self._latency
+        if record.new_connection:
+            delay += self._connect_latency
+        if delay:
+            if not await self._pause(delay):
+                return self._drop(request, record, "emulator closed during its latency")
+            if request.transport is None or request.transport.is_closing():
+                return self._drop(request, record, "client went away during the latency")
         fault = self._faults.pop(route)
         record.fault = fault
         if isinstance(fault, StatusFault):

@@ -43,7 +43,8 @@ class EmulatedSession:
     request: RecordedRequest
     """The request that created the session."""
     config: Mapping[str, Any] = field(repr=False)
-    """The validated body that configured it (LemonSlice: the create body; Anam: the token body)."""
+    """The validated body that configured it (LemonSlice: the create body; Anam: the session-token
+    body, or the engine-session body of the one-call flow)."""
     launch: AvatarLaunch
     status: SessionStatus = "QUEUED"
     terminated: bool = False

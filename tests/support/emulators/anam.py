@@ -1,9 +1,12 @@
-"""A strict emulator of Anam's two-step session API (the seed's flow; see shared/notes/provider-apis.md).
+"""A strict emulator of Anam's session API (see shared/notes/provider-apis.md).
 
 Routes (names for `inject` / `requests_for`):
-  "session_token":  POST /v1/auth/session-token  (Bearer <API key>)       -> 200 {"sessionToken"}
-  "engine_session": POST /v1/engine/session      (Bearer <sessionToken>)  -> 200 {"sessionId", ...}
-Session tokens are single use. Errors are {"error": "<reason>", "message": "<text>"}.
+  "session_token":  POST /v1/auth/session-token  (Bearer <API key>, persona body)  -> 200 {"sessionToken"}
+  "engine_session": POST /v1/engine/session      (Bearer <sessionToken>, {})       -> 200 {"sessionId", ...}
+                    POST /v1/engine/session      (Bearer <API key>, persona body)  -> 200 {"sessionId", ...}
+The first two are the seed's two-step flow; the last is the one-call flow of Anam's published API, as
+livekit-plugins-anam 1.8.9 sends it. Session tokens are single use. Errors are
+{"error": "<reason>", "message": "<text>"}.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from ._checks import (
     check_bool,
     check_int,
     check_keys,
+    check_number,
     check_str,
     check_token,
     check_url,
@@ -77,11 +81,16 @@ class AnamEmulator(EmulatorServer):
         *,
         avatar_launcher: AvatarLauncher | None = None,
         require_jwt_token: bool = True,
+        latency: float = 0.0,
+        connect_latency: float = 0.0,
         max_concurrent_sessions: int | None = None,
         session_token_ttl: float = 3600.0,
     ) -> None:
         super().__init__(
-            routes=("session_token", "engine_session"), avatar_launcher=avatar_launcher
+            routes=("session_token", "engine_session"),
+            avatar_launcher=avatar_launcher,
+            latency=latency,
+            connect_latency=connect_latency,
         )
         self._api_key = api_key
         self._require_jwt = require_jwt_token
@@ -112,7 +121,11 @@ class AnamEmulator(EmulatorServer):
     async def _engine_session(self, request: web.Request, record: RecordedRequest) -> Reply:
         given = _bearer(record)
         if hmac.compare_digest(given.encode(), self._api_key.encode()):
-            raise Rejected(401, "an API key cannot start an engine session; use a session token")
+            # One call: the API key and the persona body that would have gone to session-token.
+            body = json_object_body(record)
+            _validate_token_request(body, require_jwt=self._require_jwt)
+            self._check_concurrency()
+            return self._start_engine(record, body)
         issued = self._tokens.get(given)
         if issued is None:
             raise Rejected(401, "invalid session token")
@@ -122,14 +135,19 @@ class AnamEmulator(EmulatorServer):
             raise Rejected(401, "session token expired")
         body = json_object_body(record)
         check_keys(body, where="", required=())
+        self._check_concurrency()
+        issued.used = True
+        return self._start_engine(record, issued.config)
+
+    def _check_concurrency(self) -> None:
         if self._max_concurrent is not None and len(self.active_sessions) >= self._max_concurrent:
             raise Rejected(429, CONCURRENT_SESSION_LIMIT)
 
-        issued.used = True
-        environment = issued.config["environment"]
+    def _start_engine(self, record: RecordedRequest, config: dict[str, Any]) -> Reply:
+        environment = config["environment"]
         session = self.create_session(
             record,
-            config=issued.config,
+            config=config,
             livekit_url=environment["livekitUrl"],
             livekit_token=environment["livekitToken"],
             sample_rate=SAMPLE_RATE,
@@ -170,6 +188,28 @@ def _new_token(ttl: float) -> str:
     )
 
 
+def _check_director_notes(persona: dict[str, Any]) -> None:
+    """A string (the seed era), or the object livekit-plugins-anam 1.8.9 sends."""
+    if isinstance(persona["directorNotes"], str):
+        return
+    notes = sub_object(persona, "directorNotes", where="personaConfig")
+    where = "personaConfig.directorNotes"
+    check_keys(
+        notes,
+        where=where,
+        required=(),
+        optional=("expressivity", "presetStyle", "customStylePrompt"),
+    )
+    if "expressivity" in notes and not 0 <= check_number(notes, "expressivity", where=where) <= 1:
+        raise Rejected(400, f"{where + '.expressivity'!r} must be within 0..1")
+    if "presetStyle" in notes and "customStylePrompt" in notes:
+        raise Rejected(400, f"{where!r}: presetStyle and customStylePrompt are mutually exclusive")
+    if "presetStyle" in notes:
+        check_str(notes, "presetStyle", where=where)
+    if "customStylePrompt" in notes:
+        check_str(notes, "customStylePrompt", where=where)
+
+
 def _validate_token_request(body: dict[str, Any], *, require_jwt: bool) -> None:
     check_keys(
         body, where="", required=("personaConfig", "environment"), optional=("sessionOptions",)
@@ -192,7 +232,7 @@ def _validate_token_request(body: dict[str, Any], *, require_jwt: bool) -> None:
     if "avatarModel" in persona:
         check_str(persona, "avatarModel", where=where)
     if "directorNotes" in persona:
-        check_str(persona, "directorNotes", where=where, non_empty=False)
+        _check_director_notes(persona)
 
     environment = sub_object(body, "environment", where="")
     where = "environment"

@@ -68,8 +68,15 @@ class LemonSliceEmulator(EmulatorServer):
         *,
         avatar_launcher: AvatarLauncher | None = None,
         require_jwt_token: bool = True,
+        latency: float = 0.0,
+        connect_latency: float = 0.0,
     ) -> None:
-        super().__init__(routes=("create", "control", "status"), avatar_launcher=avatar_launcher)
+        super().__init__(
+            routes=("create", "control", "status"),
+            avatar_launcher=avatar_launcher,
+            latency=latency,
+            connect_latency=connect_latency,
+        )
         self._api_key = api_key
         self._require_jwt = require_jwt_token
         self.add_route("POST", SESSIONS_PATH, "create", self._create)

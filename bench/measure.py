@@ -1,0 +1,252 @@
+"""Measuring a start-up from the user's side: a user alone in a fresh room is the clock, from the
+dispatch (or, for the lower bound, the provider call) to the first decoded avatar video frame and the
+first voiced audio from the avatar. Nothing here asks the worker for a figure."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import timedelta
+
+import aiohttp
+from livekit import api, rtc
+from livekit.agents import utils
+
+from bench.emulation import PROVIDER_KEY, Conditions, ProviderEmulation
+from bench.voice import FirstAudioLatencyEngine
+from bench.workers import logged_at, wait_job_ended
+from providers.anam.api import AnamAPI, PersonaConfig
+from providers.anam.api import is_hard_limit as anam_is_hard_limit
+from providers.anam.api import read_error_text as anam_error_text
+from providers.http import ProviderHttp
+from providers.lemonslice.api import LemonSliceAgent, LemonSliceAPI
+from providers.lemonslice.api import read_error_text as lemonslice_error_text
+from providers.token import AvatarTokenRequest, mint_avatar_token
+from tests.support.dispatch import dispatch_to_workers
+from tests.support.emulators import AnamEmulator, LemonSliceEmulator
+from tests.support.livekit_server import LiveKitServer, connect_participant
+from tests.support.room_user import RoomUser
+from tests.support.worker import WorkerProcess
+
+# int16 RMS of a 10 ms frame: eSpeak's speech is in the thousands, the avatar's idle audio is 0.
+VOICED_RMS = 300.0
+RUN_TIMEOUT = 60.0
+# The lower bound's greeting: the first sentence both workers' greeting starts with.
+BOUND_GREETING = "Hello!"
+BOUND_AGENT_IDENTITY = "bound-agent"
+AUDIO_STREAM_TOPIC = "lk.audio_stream"
+
+
+# -- measuring from the user's side --------------------------------------------------------------
+
+
+@dataclass
+class Measurement:
+    room: str
+    first_frame: float | None = None
+    first_word: float | None = None
+    # Dispatch -> the worker logs the job request: the part no agent code can shorten.
+    job_received: float | None = None
+    error: str | None = None
+
+
+@contextlib.asynccontextmanager
+async def user_in_new_room(
+    server: LiveKitServer, lk: api.LiveKitAPI, prefix: str
+) -> AsyncIterator[RoomUser]:
+    """A user alone in a fresh room; on exit the user leaves and the room is deleted (which ends
+    every participant's stay, the avatar's included)."""
+    room = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    user = await RoomUser.join(server, room)
+    try:
+        yield user
+    finally:
+        await user.leave()
+        with contextlib.suppress(api.TwirpError):
+            await lk.room.delete_room(api.DeleteRoomRequest(room=room))
+
+
+class UserClock:
+    """Starts listening before the start-up begins; `until_seen` returns seconds since `started`."""
+
+    def __init__(self, user: RoomUser, identity: str, *, want_word: bool) -> None:
+        self._frame = asyncio.create_task(user.first_video_frame(identity, RUN_TIMEOUT))
+        self._word: asyncio.Task[float] | None = None
+        if want_word:
+            self._word = asyncio.create_task(
+                user.first_voiced_audio(identity, threshold=VOICED_RMS, timeout=RUN_TIMEOUT)
+            )
+        self.started = time.monotonic()
+
+    async def until_seen(self, measurement: Measurement) -> None:
+        try:
+            frame = await self._frame
+            measurement.first_frame = frame.received_at - self.started
+            if self._word is not None:
+                measurement.first_word = await self._word - self.started
+        except (TimeoutError, AssertionError) as error:
+            measurement.error = describe_error(error)
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        tasks = [t for t in (self._frame, self._word) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def measure_dispatch(
+    server: LiveKitServer,
+    lk: api.LiveKitAPI,
+    worker: WorkerProcess,
+    agent_name: str,
+    identity: str,
+    *,
+    want_word: bool = True,
+) -> Measurement:
+    """Dispatch the agent to a fresh room with a user in it; time the avatar from the user's side."""
+    async with user_in_new_room(server, lk, "bench") as user:
+        measurement = Measurement(user.room.name)
+        clock = UserClock(user, identity, want_word=want_word)
+        dispatched_at = time.time()
+        try:
+            await dispatch_to_workers(lk, agent_name, user.room.name, [worker])
+        except AssertionError as dropped:  # the server dropped the dispatch: no job to wait for
+            await clock.aclose()
+            measurement.error = describe_error(dropped)
+            return measurement
+        except BaseException:
+            await clock.aclose()
+            raise
+        await clock.until_seen(measurement)
+    received = logged_at(worker, "received job request", measurement.room)
+    if received is not None:
+        measurement.job_received = received - dispatched_at
+    await wait_job_ended(worker, measurement.room)
+    return measurement
+
+
+# -- the lower bound: the provider's API chain and the avatar's boot, no pipeline ---------------
+
+
+class LowerBound:
+    """Starts the avatar straight from the bench process: one provider call (the shortest chain the
+    provider offers), with the greeting made meanwhile and streamed the moment the avatar's video is up.
+    What remains is what no agent can avoid: API latency, the avatar's boot and join, and the media path.
+    """
+
+    def __init__(
+        self,
+        server: LiveKitServer,
+        emulation: ProviderEmulation,
+        conditions: Conditions,
+        http: aiohttp.ClientSession,
+    ) -> None:
+        self._server = server
+        self._emulation = emulation
+        self._voice = FirstAudioLatencyEngine(conditions.first_audio_latency)
+        emulator = emulation.emulator
+        self._lemonslice: LemonSliceAPI | None = None
+        self._anam: AnamAPI | None = None
+        if isinstance(emulator, LemonSliceEmulator):
+            self._lemonslice = LemonSliceAPI(
+                ProviderHttp(http, "lemonslice", read_error_text=lemonslice_error_text),
+                api_key=PROVIDER_KEY,
+                api_url=emulator.sessions_url,
+            )
+        elif isinstance(emulator, AnamEmulator):
+            self._anam = AnamAPI(
+                ProviderHttp(
+                    http,
+                    "anam",
+                    read_error_text=anam_error_text,
+                    is_quota_exceeded=anam_is_hard_limit,
+                ),
+                api_key=PROVIDER_KEY,
+                api_url=emulator.url,
+            )
+        else:
+            raise ValueError(f"no lower bound for the {emulation.provider} avatar")
+
+    async def measure(self, lk: api.LiveKitAPI) -> Measurement:
+        identity = self._emulation.identity
+        async with user_in_new_room(self._server, lk, "bound") as user:
+            room = user.room.name
+            measurement = Measurement(room)
+            clock = UserClock(user, identity, want_word=True)
+            speech = asyncio.create_task(
+                self._voice.render(BOUND_GREETING, voice="en-us", words_per_minute=175)
+            )
+            agent = asyncio.create_task(
+                connect_participant(self._server, room, BOUND_AGENT_IDENTITY, kind="agent")
+            )
+            try:
+                await self._provider_call(self._avatar_token(room, identity))
+                agent_room = await agent
+                for method in ("lk.playback_started", "lk.playback_finished"):
+                    agent_room.local_participant.register_rpc_method(method, _acknowledge)
+                pcm = await speech
+                await utils.wait_for_track_publication(
+                    room=agent_room, identity=identity, kind=rtc.TrackKind.KIND_VIDEO
+                )
+                writer = await agent_room.local_participant.stream_bytes(
+                    name=f"AUDIO_{uuid.uuid4().hex[:8]}",
+                    topic=AUDIO_STREAM_TOPIC,
+                    destination_identities=[identity],
+                    attributes={"sample_rate": str(self._voice.sample_rate), "num_channels": "1"},
+                )
+                await writer.write(pcm)
+                await writer.aclose()
+                await clock.until_seen(measurement)
+            except Exception as error:
+                measurement.error = describe_error(error)
+            finally:
+                await clock.aclose()
+                for task in (speech, agent):
+                    task.cancel()
+                await asyncio.gather(speech, agent, return_exceptions=True)
+                if agent.done() and not agent.cancelled() and agent.exception() is None:
+                    await agent.result().disconnect()
+        await self._emulation.wait_sessions_ended()
+        return measurement
+
+    def _avatar_token(self, room: str, identity: str) -> str:
+        return mint_avatar_token(
+            AvatarTokenRequest(
+                room_name=room,
+                avatar_identity=identity,
+                agent_identity=BOUND_AGENT_IDENTITY,
+                ttl=timedelta(minutes=10),
+            ),
+            api_key=self._server.api_key,
+            api_secret=self._server.api_secret,
+        )
+
+    async def _provider_call(self, token: str) -> None:
+        livekit_url = self._server.ws_url
+        if self._lemonslice is not None:
+            await self._lemonslice.start_agent_session(
+                LemonSliceAgent(agent_id="bench-agent"),
+                livekit_url=livekit_url,
+                livekit_token=token,
+            )
+        elif self._anam is not None:
+            await self._anam.start_session_direct(
+                PersonaConfig(name="Assistant", avatar_id="bench-avatar"),
+                livekit_url=livekit_url,
+                livekit_token=token,
+            )
+
+
+def _acknowledge(_: rtc.RpcInvocationData) -> str:
+    return "ok"
+
+
+def describe_error(error: BaseException) -> str:
+    text = str(error)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
