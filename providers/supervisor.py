@@ -44,6 +44,7 @@ from .session import (
     describe,
 )
 from .speech_router import SinkKind, SpeechRouter
+from .status import AvatarStatusAttributes
 from .token import AvatarTokenRequest, mint_avatar_token
 
 logger = logging.getLogger("avatar.supervisor")
@@ -125,6 +126,8 @@ class AvatarSupervisor:
         self._listening = False
         self._session: AgentSession[Any] | None = None
         self._scan: asyncio.Task[None] | None = None
+        self.status = AvatarStatusAttributes(room, connect)
+        timeline.add_metrics_sink(self.status)
 
     # -- the job's side ------------------------------------------------------------------------
 
@@ -484,6 +487,7 @@ class AvatarSupervisor:
         await self._wait_for_stragglers()
         self._listen(False)
         await asyncio.gather(*self._tasks, return_exceptions=True)  # removals under way
+        await self.status.aclose()
         if self._provider.aclose is not None:
             await self._provider.aclose()
         self._timeline.report_startup()

@@ -21,6 +21,7 @@ import pytest
 from livekit import api, rtc
 
 from providers.lifecycle import STARTUP_PHASES
+from providers.status import REASON_ATTRIBUTE, STATUS_ATTRIBUTE
 from tests.support.avatar_launcher import JoinLate, LocalAvatarLauncher, NoPlaybackConfirmation
 from tests.support.dispatch import dispatch_to_workers
 from tests.support.emulators import (
@@ -336,6 +337,7 @@ async def test_an_avatar_removed_mid_call_the_agent_answers_in_its_own_voice_the
 
     back = await call.user.wait_for_video(f"{avatar}-1", timeout=20)
     await call.event("recovered")
+    await call.user.wait_for_attribute(agent, STATUS_ATTRIBUTE, "joined", timeout=5)
     await call.wait_listening(agent)
     asked = time.monotonic()
     await call.user.send_chat("welcome back")
@@ -457,7 +459,7 @@ async def test_the_user_leaving_during_the_provider_start_ends_that_session_at_o
     }
 
 
-def _hard_limit(provider: str) -> tuple[Fault, str]:
+def _hard_limit(provider: str) -> tuple[StatusFault, str]:
     """A refusal that asking again cannot change, as each provider gives it."""
     if provider == "anam":
         return concurrent_session_limit(), "Anam 429 concurrency limit"
@@ -483,6 +485,10 @@ async def test_a_refused_start_gives_the_agent_its_own_voice_at_once(
     assert own_voice <= WITHIN
     assert len(call.creates()) == 1  # a hard limit is not asked again
     assert not call.sessions
+    # what a frontend is told: no avatar, and why
+    await call.user.wait_for_attribute(agent, STATUS_ATTRIBUTE, "unavailable", timeout=5)
+    reason = call.user.room.remote_participants[agent].attributes[REASON_ATTRIBUTE]
+    assert str(fault.status) in reason, reason
     await call.end_by_leaving()
     call.row = {"row": row, "failure -> own voice": seconds(own_voice)}
 

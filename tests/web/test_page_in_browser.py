@@ -260,9 +260,17 @@ async def test_the_page_says_when_the_avatar_provider_refuses_and_plays_the_agen
             )
             text = (await notice(page))["text"]
             assert "avatar could not start" in text and "own voice" in text, text
+            # why, as the worker tells it (the agent's avatar.reason attribute)
+            await page.wait_for_function(
+                "() => document.getElementById('notice').textContent.includes('402')",
+                polling=100,
+                timeout=10_000,
+            )
 
-            # the voice the page plays is the agent's own track, and it carries sound
-            owner = await page.evaluate(AUDIO_OWNER_JS)
+            # the voice the page plays is the agent's own track (the page knows of the fallback
+            # from the status before that track arrives), and it carries sound
+            handle = await page.wait_for_function(AUDIO_OWNER_JS, polling=100, timeout=20_000)
+            owner = await handle.json_value()
             assert owner is not None and owner["onBehalf"] is None, owner
             await wait_for_stat(page, "audio", "totalAudioEnergy", AUDIBLE_ENERGY, 60_000)
             await agent_line(page, OFFLINE_GREETING).wait_for(timeout=60_000)

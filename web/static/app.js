@@ -16,6 +16,10 @@
   const TRANSCRIPTION_TOPIC = 'lk.transcription';
   const CHAT_TOPIC = 'lk.chat';
   const SEGMENT_ID = 'lk.segment_id';
+  // What the worker says of its avatar (providers/status.py): starting, joined, unavailable, lost,
+  // restarting; and why, for unavailable and lost.
+  const AVATAR_STATUS = 'avatar.status';
+  const AVATAR_REASON = 'avatar.reason';
 
   // How long to wait before telling the user something did not come (overridable for tests:
   // ?agent_timeout=<s>&avatar_timeout=<s>). The worker itself gives the avatar 30 s to show video
@@ -154,10 +158,19 @@
       ui.placeholder.textContent = 'Waiting for the agent…';
       return;
     }
+    const status = agent.attributes[AVATAR_STATUS];
+    const reason = agent.attributes[AVATAR_REASON];
+    const because = reason ? ` (${reason})` : '';
+    if (status === 'lost' || status === 'restarting') {
+      setNotice('avatar-recovering', 'warning',
+        `The avatar dropped out${because}. The agent talks in its own voice while a new avatar starts…`);
+      ui.placeholder.textContent = 'The avatar is coming back…';
+      return;
+    }
     if (!avatar) {
-      if (agentVoice) {
+      if (agentVoice || status === 'unavailable') {
         setNotice('avatar-fallback', 'warning',
-          'The avatar could not start, so the agent is talking to you in its own voice, without video.');
+          `The avatar could not start${because}, so the agent is talking to you in its own voice, without video.`);
         ui.placeholder.textContent = 'No avatar: voice only.';
       } else if (visit.avatarSeen) {
         setNotice('avatar-left', 'warning', 'The avatar left the call.');
