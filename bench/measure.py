@@ -27,7 +27,7 @@ from providers.lemonslice.api import LemonSliceAgent, LemonSliceAPI
 from providers.lemonslice.api import read_error_text as lemonslice_error_text
 from providers.token import AvatarTokenRequest, mint_avatar_token
 from tests.support.dispatch import dispatch_to_workers
-from tests.support.emulators import AnamEmulator, LemonSliceEmulator
+from tests.support.emulators import AnamEmulator, EmulatorServer, LemonSliceEmulator
 from tests.support.livekit_server import LiveKitServer, connect_participant
 from tests.support.room_user import RoomUser
 from tests.support.worker import WorkerProcess
@@ -51,6 +51,10 @@ class Measurement:
     first_word: float | None = None
     # Dispatch -> the worker logs the job request: the part no agent code can shorten.
     job_received: float | None = None
+    # Dispatch -> the provider emulator received the first API call of the start.
+    provider_call: float | None = None
+    # Dispatch -> the avatar participant joined the room, as the user saw it.
+    avatar_joined: float | None = None
     error: str | None = None
 
 
@@ -74,6 +78,8 @@ class UserClock:
     """Starts listening before the start-up begins; `until_seen` returns seconds since `started`."""
 
     def __init__(self, user: RoomUser, identity: str, *, want_word: bool) -> None:
+        self._user = user
+        self._identity = identity
         self._frame = asyncio.create_task(user.first_video_frame(identity, RUN_TIMEOUT))
         self._word: asyncio.Task[float] | None = None
         if want_word:
@@ -86,6 +92,8 @@ class UserClock:
         try:
             frame = await self._frame
             measurement.first_frame = frame.received_at - self.started
+            joined = self._user.joined_at.get(self._identity)
+            measurement.avatar_joined = joined - self.started if joined is not None else None
             if self._word is not None:
                 measurement.first_word = await self._word - self.started
         except (TimeoutError, AssertionError) as error:
@@ -107,11 +115,14 @@ async def measure_dispatch(
     agent_name: str,
     identity: str,
     *,
+    emulator: EmulatorServer | None = None,
     want_word: bool = True,
 ) -> Measurement:
-    """Dispatch the agent to a fresh room with a user in it; time the avatar from the user's side."""
+    """Dispatch the agent to a fresh room with a user in it; time the avatar from the user's side
+    (and, given the provider's emulator in this process, when the provider got the first call)."""
     async with user_in_new_room(server, lk, "bench") as user:
         measurement = Measurement(user.room.name)
+        calls_before = len(emulator.requests) if emulator is not None else 0
         clock = UserClock(user, identity, want_word=want_word)
         dispatched_at = time.time()
         try:
@@ -124,6 +135,9 @@ async def measure_dispatch(
             await clock.aclose()
             raise
         await clock.until_seen(measurement)
+        if emulator is not None and len(emulator.requests) > calls_before:
+            first_call = emulator.requests[calls_before].arrived_at  # loop time: monotonic
+            measurement.provider_call = first_call - clock.started
     received = logged_at(worker, "received job request", measurement.room)
     if received is not None:
         measurement.job_received = received - dispatched_at
@@ -178,6 +192,8 @@ class LowerBound:
         async with user_in_new_room(self._server, lk, "bound") as user:
             room = user.room.name
             measurement = Measurement(room)
+            emulator = self._emulation.emulator
+            calls_before = len(emulator.requests) if emulator is not None else 0
             clock = UserClock(user, identity, want_word=True)
             speech = asyncio.create_task(
                 self._voice.render(BOUND_GREETING, voice="en-us", words_per_minute=175)
@@ -203,6 +219,9 @@ class LowerBound:
                 await writer.write(pcm)
                 await writer.aclose()
                 await clock.until_seen(measurement)
+                if emulator is not None and len(emulator.requests) > calls_before:
+                    first_call = emulator.requests[calls_before].arrived_at
+                    measurement.provider_call = first_call - clock.started
             except Exception as error:
                 measurement.error = describe_error(error)
             finally:

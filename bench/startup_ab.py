@@ -53,6 +53,8 @@ from tests.support.worker import WorkerProcess
 ANAM_FLOWS = ("direct", "two_step")
 Role = Literal["ours", "reference", "bound"]
 
+Figure = Literal["first_frame", "first_word", "job_received", "provider_call", "avatar_joined"]
+
 
 @dataclass
 class Arm:
@@ -62,13 +64,11 @@ class Arm:
     worker: WorkerProcess | None = None
     results: list[Measurement] = field(default_factory=list)
 
-    def summary(
-        self, figure: Literal["first_frame", "first_word", "job_received"]
-    ) -> Summary | None:
+    def summary(self, figure: Figure) -> Summary | None:
         values = [getattr(m, figure) for m in self.results]
         return Summary.of([v for v in values if v is not None])
 
-    def median(self, figure: Literal["first_frame", "first_word", "job_received"]) -> float | None:
+    def median(self, figure: Figure) -> float | None:
         summary = self.summary(figure)
         return None if summary is None else summary.median
 
@@ -111,7 +111,7 @@ async def run_provider(
                 Arm(
                     f"ours ({flow})" if flow else "ours",
                     "ours",
-                    _dispatcher(server, worker, name, emulation.identity),
+                    _dispatcher(server, worker, name, emulation),
                     worker,
                 )
             )
@@ -123,7 +123,7 @@ async def run_provider(
                 Arm(
                     "reference",
                     "reference",
-                    _dispatcher(server, worker, name, emulation.identity),
+                    _dispatcher(server, worker, name, emulation),
                     worker,
                 )
             )
@@ -151,10 +151,12 @@ async def run_provider(
 
 
 def _dispatcher(
-    server: LiveKitServer, worker: WorkerProcess, agent_name: str, identity: str
+    server: LiveKitServer, worker: WorkerProcess, agent_name: str, emulation: ProviderEmulation
 ) -> Callable[[api.LiveKitAPI], Awaitable[Measurement]]:
     async def measure(lk: api.LiveKitAPI) -> Measurement:
-        return await measure_dispatch(server, lk, worker, agent_name, identity)
+        return await measure_dispatch(
+            server, lk, worker, agent_name, emulation.identity, emulator=emulation.emulator
+        )
 
     return measure
 
@@ -194,11 +196,14 @@ def report(result: ProviderResult) -> str:
     for arm in result.arms:
         frame, word = arm.summary("first_frame"), arm.summary("first_word")
         received = arm.summary("job_received")
+        call, joined = arm.summary("provider_call"), arm.summary("avatar_joined")
         rows.append(
             [
                 arm.label,
                 str(len(arm.results) - arm.failures),
                 seconds(received.median if received else None),
+                seconds(call.median if call else None),
+                seconds(joined.median if joined else None),
                 seconds(frame.median if frame else None),
                 seconds(frame.p95 if frame else None),
                 seconds(word.median if word else None),
@@ -214,6 +219,8 @@ def report(result: ProviderResult) -> str:
         result.provider,
         "runs",
         "job recv",
+        "api call",
+        "joined",
         "frame med",
         "frame p95",
         "word med",
@@ -226,8 +233,9 @@ def report(result: ProviderResult) -> str:
     ]
     lines = [
         table(headers, rows),
-        "(job recv: dispatch -> the worker logs the job request, median; frame, word: dispatch -> "
-        "the user's first decoded avatar frame, first voiced audio)",
+        "(medians from the dispatch to: job recv, the worker logs the job request; api call, the "
+        "provider gets the start's first call; joined, the avatar joins the room; frame, word: the "
+        "user's first decoded avatar frame, first voiced audio)",
     ]
     for label, traces in result.traces.items():
         lines.append(

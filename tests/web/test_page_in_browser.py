@@ -1,7 +1,8 @@
 """The local page in a real browser: headless Chromium joins a room on a real livekit-server, the worker
 runs as a process, and everything is asserted from inside the page, as a person would experience it:
 the avatar's video decodes and keeps coming, its voice carries sound, the greeting is in the transcript,
-and the page says plainly when the avatar or the agent did not come.
+and the page says plainly when the avatar or the agent did not come, or the avatar dropped out and is
+coming back.
 
 A screenshot of the page after the avatar answered is written to the test's tmp dir and to
 build/browser/avatar-page.png, with the timings beside it in avatar-page.txt (BROWSER_ARTIFACTS_DIR
@@ -20,12 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from livekit import api
 from playwright.async_api import Browser, Locator, Page
 
 from speech.pipeline import OFFLINE_GREETING
+from tests.support.avatar_launcher import LocalAvatarLauncher
 from tests.support.browser import unavailable
 from tests.support.emulators import LemonSliceEmulator, StatusFault
-from tests.support.livekit_server import LiveKitServer
+from tests.support.livekit_server import LiveKitServer, server_api
 from tests.support.worker import running_worker
 from web.server import SdkNotInstalledError, WebSettings, sdk_bundle, serve
 
@@ -276,6 +279,68 @@ async def test_the_page_says_when_the_avatar_provider_refuses_and_plays_the_agen
             await agent_line(page, OFFLINE_GREETING).wait_for(timeout=60_000)
             assert [r.status for r in emulator.requests] == [402]
             save_screenshot(await page.screenshot(full_page=True), tmp_path, "avatar-fallback.png")
+
+
+# The participant whose camera the page shows.
+VIDEO_OWNER_JS = """
+() => {
+  const { room, videoTrack } = window.avatarPage;
+  if (!room || !videoTrack) return null;
+  for (const p of room.remoteParticipants.values()) {
+    for (const pub of p.trackPublications.values()) {
+      if (pub.track === videoTrack) return p.identity;
+    }
+  }
+  return null;
+}
+"""
+
+
+async def test_the_page_follows_the_avatar_dropping_out_and_coming_back(
+    page: Page, site: PageSite, livekit_server: LiveKitServer, tmp_path: Path
+) -> None:
+    """The avatar is removed mid-call: the page says it is coming back (the agent's avatar.status),
+    then shows the new avatar's video."""
+    launcher = LocalAvatarLauncher()
+    async with LemonSliceEmulator(api_key="ls-browser-key", avatar_launcher=launcher) as emulator:
+        provider = {
+            "AVATAR_PROVIDER": "lemonslice",
+            "LEMONSLICE_API_KEY": "ls-browser-key",
+            "LEMONSLICE_API_URL": emulator.sessions_url,
+            "LEMONSLICE_AGENT_ID": "agent-browser",
+        }
+        async with running_worker(livekit_server, site.agent_name, tmp_path, provider):
+            await page.goto(site.url)
+            await page.click("#join")
+            await page.wait_for_function(
+                f"() => ({VIDEO_OWNER_JS})() === 'lemonslice-avatar-agent'",
+                polling=100,
+                timeout=JOIN_TIMEOUT_MS,
+            )
+            room = await page.evaluate("() => window.avatarPage.room.name")
+            async with server_api(livekit_server) as lk:  # the provider dropped it, or an admin
+                await lk.room.remove_participant(
+                    api.RoomParticipantIdentity(room=room, identity="lemonslice-avatar-agent")
+                )
+            await page.wait_for_function(
+                "() => document.getElementById('notice').dataset.kind === 'avatar-recovering'",
+                polling=50,
+                timeout=10_000,
+            )
+            text = (await notice(page))["text"]
+            assert "dropped out" in text and "own voice" in text, text
+
+            await page.wait_for_function(
+                f"() => ({VIDEO_OWNER_JS})() === 'lemonslice-avatar-agent-1'",
+                polling=100,
+                timeout=30_000,
+            )
+            # the new avatar's own track: its frames count from zero
+            await wait_for_stat(page, "video", "framesDecoded", FRAMES_TO_SEE, 20_000)
+            await page.wait_for_function(
+                "() => document.getElementById('notice').hidden", polling=100, timeout=10_000
+            )
+            assert len(emulator.requests_for("create")) == 2
 
 
 async def test_the_page_says_when_no_agent_comes(page: Page, site: PageSite) -> None:
