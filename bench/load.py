@@ -1,9 +1,11 @@
-"""Load: many dispatches at once on one worker of ours. Every avatar must come up; prints the first-frame
-median and p95 against the single-session median measured just before on the same worker, and the peak
-memory (RSS) of the worker process and of a job process.
+"""Load: many dispatches at once on one worker (ours, or the reference with --worker reference).
+Every avatar must come up; prints the first-frame median and p95 against the single-session median
+measured just before on the same worker, and the peak memory (RSS) of the worker process and of a job
+process.
 
     uv run --group bench python -m bench.load                     # 20 at once, lemonslice emulator
     uv run --group bench python -m bench.load --sessions 5 --provider anam
+    uv run --group bench python -m bench.load --worker reference   # the same burst on the official plugins
 
 The emulated avatars run in the bench process, not the worker's: they are the provider's cost. Their
 video is smaller here by default (--avatar-video) so that twenty of them, and the twenty users decoding
@@ -30,7 +32,15 @@ from livekit import api
 from bench.emulation import IDENTITIES, PROVIDERS, Conditions, avatar_video, provider_in_own_process
 from bench.measure import Measurement, UserClock, measure_dispatch
 from bench.stats import Summary, Target, ratio, seconds, table
-from bench.workers import log_to_file, machine_load, our_worker, start_all, stop_all, wait_job_ended
+from bench.workers import (
+    log_to_file,
+    machine_load,
+    our_worker,
+    reference_worker,
+    start_all,
+    stop_all,
+    wait_job_ended,
+)
 from providers.local.participant import LocalAvatarOptions
 from tests.support.dispatch import dispatch_to_workers
 from tests.support.livekit_server import LiveKitServer, server_api, server_binary_path
@@ -210,6 +220,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--baseline-runs", type=int, default=5, help="single sessions first, one at a time"
     )
     parser.add_argument("--provider", choices=PROVIDERS[1:], default="lemonslice")
+    parser.add_argument(
+        "--worker",
+        choices=("ours", "reference"),
+        default="ours",
+        help="whose worker takes the load: ours (agent.py) or the reference on the official plugins",
+    )
     parser.add_argument("--api-latency", type=float, default=0.3)
     parser.add_argument(
         "--connect-latency", type=float, default=0.0, help="seconds more per new connection"
@@ -244,7 +260,8 @@ async def main(args: argparse.Namespace) -> None:
             provider_in_own_process(args.provider, conditions, workdir) as provider,
             server_api(server) as lk,
         ):
-            agent_name, worker = our_worker(
+            make_worker = our_worker if args.worker == "ours" else reference_worker
+            agent_name, worker = make_worker(
                 server,
                 args.provider,
                 provider.settings,
@@ -318,7 +335,7 @@ def report(
     job_peaks = sorted(peaks.per_process.get(pid, 0) for pid in jobs)
     lines = [
         "",
-        f"== load: {args.provider}, dispatch -> first avatar frame (seconds); machine: {load_now} ==",
+        f"== load: {args.worker} worker, {args.provider}, dispatch -> first avatar frame (seconds); machine: {load_now} ==",
         table(["", "avatars up", "median", "p95", "max"], rows),
         "",
         "peak RSS (MiB):",

@@ -63,11 +63,16 @@ def reference_worker(
     settings: Mapping[str, str],
     conditions: Conditions,
     workdir: Path,
+    *,
+    extra: Mapping[str, str] | None = None,
 ) -> tuple[str, WorkerProcess]:
     """The reference on the official plugin for this provider."""
     agent_name = f"bench-reference-{uuid.uuid4().hex[:6]}"
     env = _bench_environment(
-        server, agent_name, conditions, {"REFERENCE_PROVIDER": provider, **settings}
+        server,
+        agent_name,
+        conditions,
+        {"REFERENCE_PROVIDER": provider, **settings, **(extra or {})},
     )
     return agent_name, WorkerProcess(
         env, cwd=workdir, command=[sys.executable, "-m", "bench.reference_agent", "start"]
