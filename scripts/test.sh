@@ -14,4 +14,15 @@ CHROMIUM_BIN="$(scripts/ensure-chromium.sh)" && export CHROMIUM_BIN ||
 uv run ruff check .
 uv run ruff format --check .
 uv run mypy .
-uv run pytest "$@"
+# livekit's native client (livekit 1.1.21) has, rarely, crashed the test process with SIGSEGV in its
+# event callback (ctypes.string_at in ffi_event_callback). That is no test's verdict: say so loudly and
+# run the tests once more; a second crash, or any failure, fails the run.
+status=0
+uv run pytest "$@" || status=$?
+case "$status" in
+    134 | 139)
+        echo "test.sh: the test process crashed (exit $status: SIGABRT/SIGSEGV, faulthandler's trace above); running the tests once more" >&2
+        uv run pytest "$@"
+        ;;
+    *) exit "$status" ;;
+esac
