@@ -98,6 +98,7 @@ class AvatarSupervisor:
         self._livekit = livekit
         self._timeline = timeline
         self._connect = connect
+        self._connecting: asyncio.Future[None] | None = None
         self._rng = rng or random.Random()
         self.router = SpeechRouter(
             room,
@@ -126,7 +127,7 @@ class AvatarSupervisor:
         self._listening = False
         self._session: AgentSession[Any] | None = None
         self._scan: asyncio.Task[None] | None = None
-        self.status = AvatarStatusAttributes(room, connect)
+        self.status = AvatarStatusAttributes(room, self._connected)
         timeline.add_metrics_sink(self.status)
 
     # -- the job's side ------------------------------------------------------------------------
@@ -237,7 +238,7 @@ class AvatarSupervisor:
             answered_at = self._timeline.now()
             if first:
                 self._timeline.mark("provider_answered")
-            await self._connect()
+            await self._connected()
             await self._wait_for_video(identity)
         except asyncio.CancelledError:
             raise
@@ -382,8 +383,16 @@ class AvatarSupervisor:
         # Participants already in the room raise no event of their own: a stray among them too.
         self._remove_strays()
 
+    async def _connected(self) -> None:
+        """Wait for the room to be connected. A waiter that gives up (the job ending) never cancels
+        the connect itself: livekit's Room.connect cancelled half-way leaves its native side waiting
+        for an answer it never gets, and that takes the process down."""
+        if self._connecting is None:
+            self._connecting = asyncio.ensure_future(self._connect())
+        await asyncio.shield(self._connecting)
+
     async def _scan_once_connected(self) -> None:
-        await self._connect()
+        await self._connected()
         self._remove_strays()
 
     def _ends_the_conversation(self, participant: rtc.RemoteParticipant) -> bool:

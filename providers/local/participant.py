@@ -379,7 +379,9 @@ class LocalAvatarParticipant:
         self._room = room
         room.on("disconnected", self._on_disconnected)
         try:
-            await room.connect(self._url, self._token, rtc.RoomOptions(auto_subscribe=False))
+            await _connect_uncancelled(
+                room, self._url, self._token, rtc.RoomOptions(auto_subscribe=False)
+            )
             self._identity = room.local_participant.identity
             self._audio_source = rtc.AudioSource(
                 self._options.audio_sample_rate, 1, queue_size_ms=_AUDIO_QUEUE_MS
@@ -602,3 +604,18 @@ async def _wait_room_listener_done(room: rtc.Room) -> None:
     if listener is not None and not listener.done():
         with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
             await asyncio.wait_for(asyncio.shield(listener), 5.0)
+
+
+async def _connect_uncancelled(
+    room: rtc.Room, url: str, token: str, options: rtc.RoomOptions
+) -> None:
+    """`room.connect`, never cancelled half-way: livekit's native side then waits for an answer it
+    never gets, and takes the process down. A cancelled caller waits for the connect to end (it is
+    bounded by livekit's own timeouts), then is cancelled; the caller leaves the room."""
+    connecting = asyncio.ensure_future(room.connect(url, token, options))
+    try:
+        await asyncio.shield(connecting)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await connecting
+        raise
