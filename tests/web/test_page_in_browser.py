@@ -40,6 +40,7 @@ CHAT = "purple elephants dance on the moon"
 FRAMES_TO_SEE = 48  # two seconds of the local avatar's 24 fps
 AUDIBLE_ENERGY = 0.001  # totalAudioEnergy gained while speaking (silence gains ~0)
 JOIN_TIMEOUT_MS = 90_000
+LEMONSLICE_KEY = "ls-browser-key"
 
 # Stats of the tracks the page shows (window.avatarPage), from their receivers' inbound-rtp entry.
 INBOUND_STATS_JS = """
@@ -156,6 +157,16 @@ def agent_line(page: Page, text: str) -> Locator:
     return page.locator("#transcript li[data-speaker='agent']", has_text=text).first
 
 
+def lemonslice_settings(emulator: LemonSliceEmulator) -> dict[str, str]:
+    """The worker's provider settings for the LemonSlice emulator."""
+    return {
+        "AVATAR_PROVIDER": "lemonslice",
+        "LEMONSLICE_API_KEY": LEMONSLICE_KEY,
+        "LEMONSLICE_API_URL": emulator.sessions_url,
+        "LEMONSLICE_AGENT_ID": "agent-browser",
+    }
+
+
 def save_screenshot(shot: bytes, tmp_path: Path, name: str) -> Path:
     (tmp_path / name).write_bytes(shot)
     ARTIFACTS_DIR.mkdir(parents=True, exist_ok=True)
@@ -245,14 +256,9 @@ async def test_a_person_sees_and_hears_the_avatar(
 async def test_the_page_says_when_the_avatar_provider_refuses_and_plays_the_agents_voice(
     page: Page, site: PageSite, livekit_server: LiveKitServer, tmp_path: Path
 ) -> None:
-    async with LemonSliceEmulator(api_key="ls-browser-key") as emulator:
+    async with LemonSliceEmulator(api_key=LEMONSLICE_KEY) as emulator:
         emulator.inject("create", StatusFault(402, "Insufficient credits"))
-        provider = {
-            "AVATAR_PROVIDER": "lemonslice",
-            "LEMONSLICE_API_KEY": "ls-browser-key",
-            "LEMONSLICE_API_URL": emulator.sessions_url,
-            "LEMONSLICE_AGENT_ID": "agent-browser",
-        }
+        provider = lemonslice_settings(emulator)
         async with running_worker(livekit_server, site.agent_name, tmp_path, provider):
             await page.goto(site.url)
             await page.click("#join")
@@ -302,13 +308,8 @@ async def test_the_page_follows_the_avatar_dropping_out_and_coming_back(
     """The avatar is removed mid-call: the page says it is coming back (the agent's avatar.status),
     then shows the new avatar's video."""
     launcher = LocalAvatarLauncher()
-    async with LemonSliceEmulator(api_key="ls-browser-key", avatar_launcher=launcher) as emulator:
-        provider = {
-            "AVATAR_PROVIDER": "lemonslice",
-            "LEMONSLICE_API_KEY": "ls-browser-key",
-            "LEMONSLICE_API_URL": emulator.sessions_url,
-            "LEMONSLICE_AGENT_ID": "agent-browser",
-        }
+    async with LemonSliceEmulator(api_key=LEMONSLICE_KEY, avatar_launcher=launcher) as emulator:
+        provider = lemonslice_settings(emulator)
         async with running_worker(livekit_server, site.agent_name, tmp_path, provider):
             await page.goto(site.url)
             await page.click("#join")
