@@ -99,17 +99,9 @@ class ProviderEmulation:
         """The provider's variables, for our worker and the reference alike."""
         emulator = self.emulator
         if isinstance(emulator, LemonSliceEmulator):
-            return {
-                "LEMONSLICE_API_KEY": PROVIDER_KEY,
-                "LEMONSLICE_API_URL": emulator.sessions_url,
-                "LEMONSLICE_AGENT_ID": "bench-agent",
-            }
+            return emulator.worker_settings("bench-agent")
         if isinstance(emulator, AnamEmulator):
-            return {
-                "ANAM_API_KEY": PROVIDER_KEY,
-                "ANAM_API_URL": emulator.url,
-                "ANAM_AVATAR_ID": "bench-avatar",
-            }
+            return emulator.worker_settings("bench-avatar")
         return {}
 
     async def wait_sessions_ended(self) -> None:

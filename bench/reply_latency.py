@@ -81,11 +81,7 @@ async def measure(
     if provider == "lemonslice":
         emulator = LemonSliceEmulator(api_key="bench-key", avatar_launcher=LocalAvatarLauncher())
         await emulator.start()
-        extra |= {
-            "LEMONSLICE_API_KEY": "bench-key",
-            "LEMONSLICE_API_URL": emulator.sessions_url,
-            "LEMONSLICE_AGENT_ID": "bench",
-        }
+        extra |= emulator.worker_settings("bench")
     avatar = IDENTITIES[provider]
     agent_name = f"bench-reply-{uuid.uuid4().hex[:6]}"
     room = f"bench-reply-{uuid.uuid4().hex[:8]}"

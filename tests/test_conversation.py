@@ -109,12 +109,7 @@ async def test_speaking_over_a_reply_interrupts_it_at_the_avatar(
     """The avatar runs in this process (LemonSlice emulator), so what it received can be checked."""
     launcher = LocalAvatarLauncher()
     async with LemonSliceEmulator(api_key=LEMONSLICE_KEY, avatar_launcher=launcher) as emulator:
-        provider = {
-            "AVATAR_PROVIDER": "lemonslice",
-            "LEMONSLICE_API_KEY": LEMONSLICE_KEY,
-            "LEMONSLICE_API_URL": emulator.sessions_url,
-            "LEMONSLICE_AGENT_ID": "agent-e2e",
-        }
+        provider = emulator.worker_settings("agent-e2e")
         talk = conversation(livekit_server, tmp_path, provider, LEMONSLICE_AVATAR)
         async with talk as (user, agent):
             avatar = launcher.launched[-1].participant

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import io
 import json
+import os
 import re
 import shlex
 import shutil
@@ -385,6 +386,8 @@ def test_runtime_closure_excludes_dev_tools() -> None:
 def test_lock_matches_pyproject_as_uv_sync_locked_requires() -> None:
     uv = shutil.which("uv")
     if uv is None:
+        if os.environ.get("CI"):
+            pytest.fail("uv is not on PATH (scripts/bootstrap.sh puts it there)")
         pytest.skip("uv is not on PATH")
     result = subprocess.run(  # noqa: S603 - fixed argv, no shell
         [uv, "lock", "--check", "--offline"],

@@ -58,16 +58,12 @@ async def deployment(
     if provider == "lemonslice":
         emulator = LemonSliceEmulator(api_key=LEMONSLICE_KEY, avatar_launcher=launcher)
         await emulator.start()
-        extra |= {
-            "LEMONSLICE_API_KEY": LEMONSLICE_KEY,
-            "LEMONSLICE_API_URL": emulator.sessions_url,
-            "LEMONSLICE_AGENT_ID": "agent-e2e",
-        }
+        extra |= emulator.worker_settings("agent-e2e")
         identity, rate = "lemonslice-avatar-agent", 16000
     elif provider == "anam":
         emulator = AnamEmulator(api_key=ANAM_KEY, avatar_launcher=launcher)
         await emulator.start()
-        extra |= {"ANAM_API_KEY": ANAM_KEY, "ANAM_API_URL": emulator.url, "ANAM_AVATAR_ID": "av-1"}
+        extra |= emulator.worker_settings()
         identity, rate = "anam-avatar-agent", 24000
     else:
         identity, rate = "local-avatar-agent", 24000

@@ -87,16 +87,12 @@ async def deployment(
     if provider == "lemonslice":
         emulator = LemonSliceEmulator(api_key=LEMONSLICE_KEY, avatar_launcher=launcher)
         await emulator.start()
-        extra |= {
-            "LEMONSLICE_API_KEY": LEMONSLICE_KEY,
-            "LEMONSLICE_API_URL": emulator.sessions_url,
-            "LEMONSLICE_AGENT_ID": "agent-lifecycle",
-        }
+        extra |= emulator.worker_settings("agent-lifecycle")
         identity, create_route = "lemonslice-avatar-agent", "create"
     else:
         emulator = AnamEmulator(api_key=ANAM_KEY, avatar_launcher=launcher)
         await emulator.start()
-        extra |= {"ANAM_API_KEY": ANAM_KEY, "ANAM_API_URL": emulator.url, "ANAM_AVATAR_ID": "av-1"}
+        extra |= emulator.worker_settings()
         identity, create_route = "anam-avatar-agent", "engine_session"
     agent_name = f"life-{provider}-{uuid.uuid4().hex[:6]}"
     worker = WorkerProcess(

@@ -157,16 +157,6 @@ def agent_line(page: Page, text: str) -> Locator:
     return page.locator("#transcript li[data-speaker='agent']", has_text=text).first
 
 
-def lemonslice_settings(emulator: LemonSliceEmulator) -> dict[str, str]:
-    """The worker's provider settings for the LemonSlice emulator."""
-    return {
-        "AVATAR_PROVIDER": "lemonslice",
-        "LEMONSLICE_API_KEY": LEMONSLICE_KEY,
-        "LEMONSLICE_API_URL": emulator.sessions_url,
-        "LEMONSLICE_AGENT_ID": "agent-browser",
-    }
-
-
 def save_screenshot(shot: bytes, tmp_path: Path, name: str) -> Path:
     (tmp_path / name).write_bytes(shot)
     ARTIFACTS_DIR.mkdir(parents=True, exist_ok=True)
@@ -258,7 +248,7 @@ async def test_the_page_says_when_the_avatar_provider_refuses_and_plays_the_agen
 ) -> None:
     async with LemonSliceEmulator(api_key=LEMONSLICE_KEY) as emulator:
         emulator.inject("create", StatusFault(402, "Insufficient credits"))
-        provider = lemonslice_settings(emulator)
+        provider = emulator.worker_settings("agent-browser")
         async with running_worker(livekit_server, site.agent_name, tmp_path, provider):
             await page.goto(site.url)
             await page.click("#join")
@@ -309,7 +299,7 @@ async def test_the_page_follows_the_avatar_dropping_out_and_coming_back(
     then shows the new avatar's video."""
     launcher = LocalAvatarLauncher()
     async with LemonSliceEmulator(api_key=LEMONSLICE_KEY, avatar_launcher=launcher) as emulator:
-        provider = lemonslice_settings(emulator)
+        provider = emulator.worker_settings("agent-browser")
         async with running_worker(livekit_server, site.agent_name, tmp_path, provider):
             await page.goto(site.url)
             await page.click("#join")

@@ -100,6 +100,15 @@ class AnamEmulator(EmulatorServer):
         self.add_route("POST", SESSION_TOKEN_PATH, "session_token", self._session_token)
         self.add_route("POST", ENGINE_SESSION_PATH, "engine_session", self._engine_session)
 
+    def worker_settings(self, avatar_id: str = "av-1") -> dict[str, str]:
+        """The variables that point a worker (ours or the reference) at this emulator."""
+        return {
+            "AVATAR_PROVIDER": "anam",
+            "ANAM_API_KEY": self._api_key,
+            "ANAM_API_URL": self.url,
+            "ANAM_AVATAR_ID": avatar_id,
+        }
+
     @property
     def issued_token_count(self) -> int:
         return len(self._tokens)

@@ -88,6 +88,15 @@ class LemonSliceEmulator(EmulatorServer):
         """The full create URL: what the client is configured with as its API URL."""
         return self.url + SESSIONS_PATH
 
+    def worker_settings(self, agent_id: str = "agent-emulated") -> dict[str, str]:
+        """The variables that point a worker (ours or the reference) at this emulator."""
+        return {
+            "AVATAR_PROVIDER": "lemonslice",
+            "LEMONSLICE_API_KEY": self._api_key,
+            "LEMONSLICE_API_URL": self.sessions_url,
+            "LEMONSLICE_AGENT_ID": agent_id,
+        }
+
     def error_body(self, status: int, message: str) -> dict[str, Any]:
         return {"detail": message}
 
