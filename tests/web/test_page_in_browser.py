@@ -185,6 +185,11 @@ async def test_a_person_sees_and_hears_the_avatar(
             " return [v.videoWidth, v.videoHeight]; }"
         )
         assert size == [640, 480]
+        # the page marks its first avatar frame when that frame is presented, which can come a
+        # moment after the video element knows its size
+        await page.wait_for_function(
+            "() => window.avatarPage.timings.firstAvatarFrame !== undefined", timeout=10_000
+        )
         timings = await page.evaluate("() => window.avatarPage.timings")
         first = await inbound_stats(page, "video")
         started = time.monotonic()
