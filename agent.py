@@ -19,7 +19,7 @@ import sys
 from collections.abc import Coroutine
 from typing import Any
 
-from livekit.agents import AgentServer, JobContext, JobProcess, cli, utils
+from livekit.agents import AgentServer, AutoSubscribe, JobContext, JobProcess, cli, utils
 
 from config import ConfigError, Settings, get_settings
 from providers.lifecycle import JobTimeline
@@ -27,6 +27,7 @@ from providers.registry import avatar_for_job, provider_api_url
 from providers.supervisor import AvatarSupervisor, JobRoom
 from providers.warmup import ResolvedHost, resolve_provider_host
 from speech.pipeline import VoicePipeline, build_voice
+from subscriptions import connect_to_people
 
 logger = logging.getLogger("avatar-agent")
 
@@ -43,6 +44,10 @@ async def run_job(ctx: JobContext, settings: Settings, voice: VoicePipeline) -> 
     timeline = JobTimeline(room=room_name, provider=settings.provider, received_at=_received(ctx))
     ctx.log_context_fields = {"room": room_name, "avatar_provider": settings.provider}
     session = voice.create_session()
+    # The agent hears the people in the room; the avatar's media is for them, not for the agent.
+    connect_room = connect_to_people(
+        ctx.room, functools.partial(ctx.connect, auto_subscribe=AutoSubscribe.SUBSCRIBE_NONE)
+    )
 
     # The avatar's provider call needs the room's name and SID and the agent's identity, all in
     # the job: it starts now, beside the room connection. Speech waits for the avatar's video; if
@@ -55,7 +60,7 @@ async def run_job(ctx: JobContext, settings: Settings, voice: VoicePipeline) -> 
             job=JobRoom(room_name, ctx.job.room.sid or None, ctx.local_participant_identity),
             settings=settings,
             timeline=timeline,
-            connect=ctx.connect,
+            connect=connect_room,
             prewarmed=ctx.proc.userdata.get(PREWARMED_PROVIDER),
         )
         avatar.attach(session)
@@ -67,7 +72,7 @@ async def run_job(ctx: JobContext, settings: Settings, voice: VoicePipeline) -> 
     session.on("close", lambda event: ctx.shutdown(reason=f"session closed: {event.reason}"))
 
     async def connect() -> None:
-        await ctx.connect()
+        await connect_room()
         timeline.mark("connected")
 
     await asyncio.gather(connect(), session.start(agent=voice.create_agent(), room=ctx.room))
@@ -135,6 +140,16 @@ def job_count_load(server: AgentServer, *, max_jobs: int) -> float:
     return min(1.0, len(server.active_jobs) / max_jobs)
 
 
+def preloaded_modules(settings: Settings) -> list[str]:
+    """This application's modules, imported once in livekit-agents' forkserver: every job process
+    is forked with them loaded instead of importing them itself, which a burst of jobs would pay
+    once per new process."""
+    modules = ["config", "providers.registry", "speech.pipeline", "subscriptions"]
+    if settings.provider == "local":
+        modules.append("providers.local.avatar")  # imported by the job only when it is used
+    return modules
+
+
 def create_server(settings: Settings) -> AgentServer:
     capacity: dict[str, Any] = {}
     if settings.agent_max_jobs is not None:
@@ -145,6 +160,7 @@ def create_server(settings: Settings) -> AgentServer:
     # Otherwise livekit-agents' own default: 0.7 in `start`, no limit in `dev`, and no warning on
     # LiveKit Cloud (which ignores a custom threshold).
     server = AgentServer(
+        preload_modules=preloaded_modules(settings),
         ws_url=settings.livekit_url,
         port=settings.agent_http_port,
         api_key=settings.livekit_api_key.get_secret_value() if settings.livekit_api_key else None,
@@ -168,7 +184,11 @@ def main(argv: list[str]) -> None:
             print(f"agent.py {command}: {error}", file=sys.stderr)
             raise SystemExit(2) from None
         settings = Settings.model_construct()
-    cli.run_app(create_server(settings))
+    if command not in COMMANDS_NEEDING_CONFIG:
+        cli.run_app(create_server(settings))
+        return
+    with build_voice(settings).worker_services():
+        cli.run_app(create_server(settings))
 
 
 if __name__ == "__main__":

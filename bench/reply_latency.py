@@ -55,10 +55,18 @@ def cpu_seconds(process: psutil.Process) -> float:
     return float(times.user + times.system)
 
 
-async def listening_cpu(job: psutil.Process, seconds: float) -> CpuShare:
-    decoders = [
-        p for p in job.children(recursive=True) if "sphinx_decoder" in " ".join(p.cmdline())
+def decoder_processes(job: psutil.Process, worker: psutil.Process) -> list[psutil.Process]:
+    """The job's decoder: started by the job, or forked by the worker's decoder server (the bench
+    runs one job at a time, so every decoder the server forked is this job's)."""
+    servers = [p for p in worker.children() if "--fork-server" in p.cmdline()]
+    return [
+        *(p for p in job.children(recursive=True) if "sphinx_decoder" in " ".join(p.cmdline())),
+        *(child for server in servers for child in server.children()),
     ]
+
+
+async def listening_cpu(job: psutil.Process, worker: psutil.Process, seconds: float) -> CpuShare:
+    decoders = decoder_processes(job, worker)
     job_before = cpu_seconds(job)
     decoder_before = sum(cpu_seconds(p) for p in decoders)
     started = time.monotonic()
@@ -104,7 +112,9 @@ async def measure(
                 lambda r: r.get("room") == room and r.get("pid") not in (None, worker.pid),
                 timeout=10,
             )
-            cpu = await listening_cpu(psutil.Process(int(job_record["pid"])), listen_seconds)
+            cpu = await listening_cpu(
+                psutil.Process(int(job_record["pid"])), psutil.Process(worker.pid), listen_seconds
+            )
             print(
                 f"listening to silence for {cpu.seconds:.0f}s: job process {cpu.job:.1%} of a "
                 f"core, its decoder process {cpu.decoder:.1%}",

@@ -8,6 +8,8 @@ responder in the place of the language model (speech/responder.py) and eSpeak NG
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 from urllib.parse import urlparse
@@ -16,6 +18,7 @@ from livekit.agents import Agent, AgentSession, inference
 
 from config import Settings
 
+from .decoder_server import DecoderServer
 from .espeak_tts import EspeakTTS
 from .responder import INTENT_PHRASES, OfflineResponder
 from .sphinx_stt import SphinxSTT
@@ -37,6 +40,10 @@ class VoicePipeline(Protocol):
     def create_agent(self) -> Agent: ...
 
     async def greet(self, session: AgentSession[Any]) -> None: ...
+
+    def worker_services(self) -> contextlib.AbstractContextManager[None]:
+        """What the worker process runs for all its jobs, for as long as it runs."""
+        ...
 
 
 def uses_livekit_cloud(livekit_url: str | None) -> bool:
@@ -63,6 +70,9 @@ class CloudVoice:
 
     async def greet(self, session: AgentSession[Any]) -> None:
         await session.generate_reply(instructions=self.settings.agent_greeting)
+
+    def worker_services(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
 
 
 @dataclass(frozen=True)
@@ -91,6 +101,15 @@ class OfflineVoice:
 
     async def greet(self, session: AgentSession[Any]) -> None:
         await session.say(self.greeting, allow_interruptions=False)
+
+    @contextlib.contextmanager
+    def worker_services(self) -> Iterator[None]:
+        # The speech model loaded once for all the worker's jobs (see speech/decoder_server.py).
+        server = DecoderServer.start(INTENT_PHRASES)
+        try:
+            yield
+        finally:
+            server.stop()
 
 
 def build_voice(settings: Settings) -> VoicePipeline:

@@ -18,17 +18,31 @@ as a script (`python sphinx_decoder.py '<config json>'`): it imports nothing but
 PocketSphinx. Protocol on stdin/stdout: one JSON line when ready (or failed); then per request a 4-byte
 big-endian length and that much 16 kHz 16-bit mono PCM, answered by one JSON line. It exits at the end of
 its input, so it never outlives the process that started it.
+
+Loading the model costs about 0.3 CPU-seconds, and a worker runs many jobs. So a worker also starts one
+fork server (`python sphinx_decoder.py --fork-server SOCKET '<config json>'`): it loads the model once,
+then forks a decoder for each connection to its Unix socket, which shares the loaded model with it. A
+connection starts with the client's config as one JSON line, answered by {"ready": true, "pid": ...}
+(or {"mismatch": true} for a config the server was not loaded with); then the same protocol as above.
+The server exits at the end of its standard input, and each forked decoder at the end of its
+connection.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
+import selectors
+import signal
+import socket
 import struct
 import sys
+import traceback
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, BinaryIO, Final, Literal
+from typing import Any, BinaryIO, Final, Literal, NoReturn
 
 SAMPLE_RATE: Final = 16_000  # the en-us acoustic model's rate
 # Per 10 ms frame, in PocketSphinx's log units. Measured on eSpeak NG's en-us voice at 140 and 175 words
@@ -180,16 +194,23 @@ def _reply(output: BinaryIO, message: dict[str, Any]) -> None:
     output.flush()
 
 
+def _load(config: dict[str, Any]) -> SphinxRecognizer:
+    return SphinxRecognizer(config["phrases"], phrase_margin=float(config["phrase_margin"]))
+
+
 def serve(config: dict[str, Any], requests: BinaryIO, replies: BinaryIO) -> int:
     """Answer decode requests until the input ends (see the module's docstring)."""
     try:
-        recognizer = SphinxRecognizer(
-            config["phrases"], phrase_margin=float(config["phrase_margin"])
-        )
+        recognizer = _load(config)
     except (SphinxError, ValueError, RuntimeError) as error:
         _reply(replies, {"error": str(error)})
         return 2
     _reply(replies, {"ready": True})
+    _answer(recognizer, requests, replies)
+    return 0
+
+
+def _answer(recognizer: SphinxRecognizer, requests: BinaryIO, replies: BinaryIO) -> None:
     while len(header := requests.read(LENGTH.size)) == LENGTH.size:
         (size,) = LENGTH.unpack(header)
         pcm = requests.read(size)
@@ -199,8 +220,93 @@ def serve(config: dict[str, Any], requests: BinaryIO, replies: BinaryIO) -> int:
             _reply(replies, asdict(recognizer.recognize(pcm)))
         except RuntimeError as error:
             _reply(replies, {"error": f"decoding failed: {error}"})
+
+
+def same_config(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return list(a.get("phrases", ())) == list(b.get("phrases", ())) and float(
+        a.get("phrase_margin", -1)
+    ) == float(b.get("phrase_margin", -2))
+
+
+def serve_forks(config: dict[str, Any], socket_path: str, control: BinaryIO, out: BinaryIO) -> int:
+    """The fork server (see the module's docstring): until `control` ends, a decoder forked off the
+    loaded model for each connection to `socket_path`."""
+    try:
+        recognizer = _load(config)
+    except (SphinxError, ValueError, RuntimeError) as error:
+        _reply(out, {"error": str(error)})
+        return 2
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # forked decoders are reaped by the system
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        listener.bind(socket_path)
+        listener.listen(64)
+        _reply(out, {"ready": True, "pid": os.getpid()})
+        with selectors.DefaultSelector() as selector:
+            selector.register(listener, selectors.EVENT_READ)
+            selector.register(control, selectors.EVENT_READ)
+            while True:
+                for key, _ in selector.select():
+                    if key.fileobj is control:
+                        if not os.read(control.fileno(), 4096):
+                            return 0  # the worker is gone or done
+                        continue
+                    connection, _ = listener.accept()
+                    if os.fork() == 0:
+                        _forked_decoder(recognizer, config, listener, connection)
+                    connection.close()
+    finally:
+        listener.close()
+        with contextlib.suppress(OSError):
+            os.unlink(socket_path)
+            os.rmdir(os.path.dirname(socket_path))  # the worker made it for the socket
+
+
+def _forked_decoder(
+    recognizer: SphinxRecognizer,
+    config: dict[str, Any],
+    listener: socket.socket,
+    connection: socket.socket,
+) -> NoReturn:
+    """A forked decoder's whole life: it never returns into the server's code (whose cleanup
+    would remove the server's socket)."""
+    code = 1
+    try:
+        listener.close()
+        code = _serve_connection(recognizer, config, connection)
+    except OSError:
+        code = 0  # the job went away mid-reply: its connection is gone, and so is the need
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        os._exit(code)
+
+
+def _serve_connection(
+    recognizer: SphinxRecognizer, config: dict[str, Any], connection: socket.socket
+) -> int:
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    with connection, connection.makefile("rb") as requests, connection.makefile("wb") as replies:
+        try:
+            asked = json.loads(requests.readline() or b"null")
+        except ValueError:
+            asked = None
+        if not isinstance(asked, dict) or not same_config(asked, config):
+            _reply(replies, {"mismatch": True})
+            return 0
+        _reply(replies, {"ready": True, "pid": os.getpid()})
+        _answer(recognizer, requests, replies)
     return 0
 
 
+def main(argv: Sequence[str]) -> int:
+    # Ctrl-C in a terminal reaches the whole process group; a decoder ends at the end of its input,
+    # when the process it serves is done with it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if len(argv) == 3 and argv[0] == "--fork-server":
+        return serve_forks(json.loads(argv[2]), argv[1], sys.stdin.buffer, sys.stdout.buffer)
+    return serve(json.loads(argv[0]), sys.stdin.buffer, sys.stdout.buffer)
+
+
 if __name__ == "__main__":
-    sys.exit(serve(json.loads(sys.argv[1]), sys.stdin.buffer, sys.stdout.buffer))
+    sys.exit(main(sys.argv[1:]))

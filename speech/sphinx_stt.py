@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import sys
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Never
 
@@ -32,32 +34,108 @@ from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, NOT_GIVEN, NotGive
 from . import sphinx_decoder
 from .sphinx_decoder import DEFAULT_PHRASE_MARGIN, LENGTH, SAMPLE_RATE, Recognition
 
+# Set by the worker to its decoder server's socket (speech/decoder_server.py).
+DECODER_SERVER_ENV: Final = "SPHINX_DECODER_SERVER"
+
 LANGUAGE: Final = LanguageCode("en-US")
 DECODER_SCRIPT: Final = Path(sphinx_decoder.__file__)
 _START_TIMEOUT_S: Final = 30.0  # loading the model takes about a second on an idle machine
 _STOP_TIMEOUT_S: Final = 2.0
 
 
+def decoder_config(phrases: Iterable[str], phrase_margin: float) -> str:
+    """The decoder's configuration, as its command line and the fork server's handshake carry it."""
+    unique = dict.fromkeys(sphinx_decoder.normalize_phrase(p) for p in phrases)
+    return json.dumps({"phrases": list(unique), "phrase_margin": phrase_margin})
+
+
+@dataclass
+class _Channel:
+    """A running decoder: its requests and replies, and how it ends."""
+
+    pid: int
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    process: asyncio.subprocess.Process | None  # None: a decoder forked by the worker's server
+
+    def alive(self) -> bool:
+        if self.process is not None:
+            return self.process.returncode is None
+        return not self.writer.is_closing()
+
+    async def gone(self) -> str:
+        if self.process is not None:
+            return f"the PocketSphinx process exited (code {await self.process.wait()})"
+        return "the PocketSphinx decoder closed its connection"
+
+    async def stop(self) -> None:
+        self.writer.close()  # the end of its input: it exits
+        if self.process is None:
+            with contextlib.suppress(OSError):
+                await self.writer.wait_closed()
+            return
+        try:
+            await asyncio.wait_for(self.process.wait(), _STOP_TIMEOUT_S)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.kill()
+            await self.process.wait()
+
+
 class DecoderProcess:
-    """The decoder process (speech/sphinx_decoder.py run as a script): one request at a time."""
+    """A decoder of our own, one request at a time: forked by the worker's decoder server when
+    there is one (see speech/decoder_server.py), else a process started here."""
 
     def __init__(self, phrases: Sequence[str], phrase_margin: float) -> None:
-        self._config = json.dumps({"phrases": list(phrases), "phrase_margin": phrase_margin})
-        self._process: asyncio.subprocess.Process | None = None
+        self._config = decoder_config(phrases, phrase_margin)
+        self._channel: _Channel | None = None
         self._lock = asyncio.Lock()
 
     @property
     def pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
+        return self._channel.pid if self._channel is not None else None
 
     async def start(self) -> None:
-        """Start the process and wait until its model is loaded. Idempotent."""
+        """Start the decoder and wait until its model is loaded. Idempotent."""
         async with self._lock:
             await self._started()
 
-    async def _started(self) -> asyncio.subprocess.Process:
-        if self._process is not None and self._process.returncode is None:
-            return self._process
+    async def _started(self) -> _Channel:
+        if self._channel is not None and self._channel.alive():
+            return self._channel
+        self._channel = None
+        try:
+            async with asyncio.timeout(_START_TIMEOUT_S):
+                channel = await self._from_server() or await self._own_process()
+        except TimeoutError:
+            raise APITimeoutError("PocketSphinx did not load its model in time") from None
+        self._channel = channel
+        return channel
+
+    async def _from_server(self) -> _Channel | None:
+        """A decoder forked off the worker's loaded model; None if there is no server for us."""
+        path = os.environ.get(DECODER_SERVER_ENV)
+        if not path:
+            return None
+        try:
+            reader, writer = await asyncio.open_unix_connection(path)
+        except OSError:
+            return None  # not (yet) listening, or gone: a process of our own
+        ready: dict[str, Any] | None = None
+        try:
+            writer.write(self._config.encode() + b"\n")
+            await writer.drain()
+            reply = await _read_reply(reader)
+            if reply.get("ready") and isinstance(reply.get("pid"), int):
+                ready = reply  # else it was loaded with other phrases
+        except (OSError, APIConnectionError):
+            pass  # the server went away: a process of our own
+        finally:
+            if ready is None:
+                writer.close()
+        return None if ready is None else _Channel(ready["pid"], reader, writer, process=None)
+
+    async def _own_process(self) -> _Channel:
         # -I: only the standard library and site-packages; the script imports nothing else.
         process = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -67,30 +145,26 @@ class DecoderProcess:
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
         )
-        self._process = process
+        assert process.stdin is not None and process.stdout is not None
+        channel = _Channel(process.pid, process.stdout, process.stdin, process)
         try:
-            async with asyncio.timeout(_START_TIMEOUT_S):
-                ready = await self._read_reply(process)
-        except TimeoutError:
-            await self._stop()
-            raise APITimeoutError("PocketSphinx did not load its model in time") from None
+            ready = await _read_reply(channel.reader)
         except BaseException:
-            await self._stop()
+            await channel.stop()
             raise
         if "error" in ready:
-            await self._stop()
+            await channel.stop()
             raise APIError(f"PocketSphinx could not start: {ready['error']}", retryable=False)
-        return process
+        return channel
 
     async def recognize(self, pcm: bytes, *, deadline_s: float) -> Recognition:
         async with self._lock:
-            process = await self._started()
-            assert process.stdin is not None
+            channel = await self._started()
             try:
                 async with asyncio.timeout(deadline_s):
-                    process.stdin.write(LENGTH.pack(len(pcm)) + pcm)
-                    await process.stdin.drain()
-                    reply = await self._read_reply(process)
+                    channel.writer.write(LENGTH.pack(len(pcm)) + pcm)
+                    await channel.writer.drain()
+                    reply = await _read_reply(channel.reader, channel)
             except TimeoutError:
                 await self._stop()  # it may be stuck; the next utterance gets a fresh one
                 raise APITimeoutError("PocketSphinx did not finish decoding in time") from None
@@ -98,44 +172,36 @@ class DecoderProcess:
                 await self._stop()  # gone; the next attempt starts a fresh one
                 if isinstance(error, APIConnectionError):
                     raise
-                raise APIConnectionError(f"the PocketSphinx process went away: {error}") from error
+                raise APIConnectionError(f"the PocketSphinx decoder went away: {error}") from error
         if "error" in reply:
             raise APIError(f"PocketSphinx: {reply['error']}", retryable=False)
         return Recognition(**reply)
-
-    @staticmethod
-    async def _read_reply(process: asyncio.subprocess.Process) -> dict[str, Any]:
-        assert process.stdout is not None
-        line = await process.stdout.readline()
-        if not line:
-            code = await process.wait()
-            raise APIConnectionError(f"the PocketSphinx process exited (code {code})")
-        try:
-            reply = json.loads(line)
-        except ValueError:
-            reply = None
-        if not isinstance(reply, dict):
-            raise APIConnectionError(
-                f"unexpected output from the PocketSphinx process: {line[:80]!r}"
-            )
-        return reply
 
     async def aclose(self) -> None:
         async with self._lock:
             await self._stop()
 
     async def _stop(self) -> None:
-        process, self._process = self._process, None
-        if process is None or process.returncode is not None:
-            return
-        assert process.stdin is not None
-        process.stdin.close()  # the end of its input: it exits
-        try:
-            await asyncio.wait_for(process.wait(), _STOP_TIMEOUT_S)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-            await process.wait()
+        channel, self._channel = self._channel, None
+        if channel is not None:
+            await channel.stop()
+
+
+async def _read_reply(
+    reader: asyncio.StreamReader, channel: _Channel | None = None
+) -> dict[str, Any]:
+    line = await reader.readline()
+    if not line:
+        raise APIConnectionError(
+            await channel.gone() if channel is not None else "the PocketSphinx decoder ended"
+        )
+    try:
+        reply = json.loads(line)
+    except ValueError:
+        reply = None
+    if not isinstance(reply, dict):
+        raise APIConnectionError(f"unexpected output from the PocketSphinx decoder: {line[:80]!r}")
+    return reply
 
 
 def to_model_pcm(frames: Sequence[rtc.AudioFrame]) -> bytes:

@@ -1,14 +1,17 @@
-"""The worker process: a bad configuration stops it before it ever contacts LiveKit."""
+"""The worker process: a bad configuration stops it before it ever contacts LiveKit; what it runs
+beside its jobs ends with it."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 AGENT = Path(__file__).resolve().parent.parent / "agent.py"
@@ -65,7 +68,8 @@ async def start_worker(env: dict[str, str], cwd: Path) -> asyncio.subprocess.Pro
 
 async def stop_worker(process: asyncio.subprocess.Process) -> None:
     if process.returncode is None:
-        os.killpg(process.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):  # the whole group may be gone already
+            os.killpg(process.pid, signal.SIGKILL)
     await process.communicate()
 
 
@@ -131,3 +135,32 @@ def test_the_load_threshold_is_livekits_own_unless_configured(
     assert create_server(load_settings(**base, agent_load_threshold="0.5"))._load_threshold == 0.5
     by_jobs = create_server(load_settings(**base, agent_max_jobs="4"))
     assert by_jobs._load_threshold == 1.0
+
+
+async def test_the_worker_loads_the_speech_model_once_and_takes_it_along_when_killed(
+    livekit_stand_in: ConnectionRecorder, tmp_path: Path
+) -> None:
+    """The offline voice's decoder server runs beside the worker (speech/decoder_server.py) and
+    ends with it, even when the worker is killed and cannot clean up."""
+    process = await start_worker(
+        {
+            "LIVEKIT_URL": livekit_stand_in.url,
+            "LIVEKIT_API_KEY": "devkey",
+            "LIVEKIT_API_SECRET": SECRET,
+        },
+        tmp_path,
+    )
+    try:
+        await asyncio.wait_for(livekit_stand_in.connected.wait(), timeout=60)
+        [decoder_server] = [
+            child
+            for child in psutil.Process(process.pid).children()
+            if "--fork-server" in child.cmdline()
+        ]
+
+        os.kill(process.pid, signal.SIGKILL)
+
+        decoder_server.wait(timeout=15)  # raises if it is still running by then
+        assert not decoder_server.is_running()
+    finally:
+        await stop_worker(process)

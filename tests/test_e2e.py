@@ -140,6 +140,15 @@ async def test_avatar_joins_shows_video_speaks_and_leaves_with_the_job(
             "the agent published its own audio while the avatar was up"
         )
 
+        # the application's modules were imported once, in the worker's forkserver, not per job
+        [preload] = [
+            r for r in deployment.worker.records if r.get("message") == "preloading plugins"
+        ]
+        ours = {"config", "providers.registry", "speech.pipeline", "subscriptions"}
+        if deployment.provider == "local":
+            ours.add("providers.local.avatar")
+        assert ours <= set(preload["packages"])
+
         # the greeting reached the avatar over lk.audio_stream at the provider's sample rate
         if deployment.launcher is not None:
             launched = deployment.launcher.launched[-1].participant

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -54,10 +55,29 @@ class _UnconfirmingAvatar(LocalAvatarParticipant):
 
 
 class LaunchedAvatar:
-    def __init__(self, launch: AvatarLaunch, participant: LocalAvatarParticipant | None) -> None:
+    """One avatar the provider sent in. `arrived_at` is when it began to join the room and `left_at`
+    when the room let go of it (time.monotonic()); it sees its own visit even when it is removed
+    before the room shows it to anyone else."""
+
+    def __init__(
+        self,
+        launch: AvatarLaunch,
+        participant: LocalAvatarParticipant | None,
+        arrived_at: float | None = None,
+    ) -> None:
         self.launch = launch
         self.participant = participant
+        self.arrived_at = arrived_at
+        self.left_at: float | None = None
+        self._left = asyncio.Event()
         self._watch = asyncio.create_task(self._report_when_gone())
+
+    async def wait_gone(self, timeout: float = 30.0) -> float:
+        """time.monotonic() when the room let go of it."""
+        async with asyncio.timeout(timeout):
+            await self._left.wait()
+        assert self.left_at is not None
+        return self.left_at
 
     async def _report_when_gone(self) -> None:
         participant = self.participant
@@ -75,6 +95,8 @@ class LaunchedAvatar:
             await asyncio.wait({closed, gone}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             gone.cancel()
+        self.left_at = time.monotonic()
+        self._left.set()
         self.launch.avatar_left()
         await closed
 
@@ -124,7 +146,21 @@ class LocalAvatarLauncher:
         self.boot_delay = boot_delay
         self.options = options or LocalAvatarOptions()
         self.launched: list[LaunchedAvatar] = []
+        self._launched_more = asyncio.Event()
         self._script: deque[AvatarBehaviour] = deque()
+
+    async def wait_launched(self, count: int, timeout: float = 30.0) -> LaunchedAvatar:
+        """The `count`-th avatar sent in (1 for the first), once it has joined or been turned away."""
+        async with asyncio.timeout(timeout):
+            while len(self.launched) < count:
+                self._launched_more.clear()
+                await self._launched_more.wait()
+        return self.launched[count - 1]
+
+    def _add(self, avatar: LaunchedAvatar) -> LaunchedAvatar:
+        self.launched.append(avatar)
+        self._launched_more.set()
+        return avatar
 
     def script(self, *behaviours: AvatarBehaviour) -> None:
         """How the next launches behave, one each, in order; then avatars behave normally."""
@@ -136,9 +172,7 @@ class LocalAvatarLauncher:
     async def __call__(self, launch: AvatarLaunch) -> LaunchedAvatar:
         behaviour = self._script.popleft() if self._script else None
         if isinstance(behaviour, NeverJoin):
-            avatar = LaunchedAvatar(launch, None)
-            self.launched.append(avatar)
-            return avatar
+            return self._add(LaunchedAvatar(launch, None))
         boot = behaviour.seconds if isinstance(behaviour, JoinLate) else self.boot_delay
         if boot:
             await asyncio.sleep(boot)  # the provider's avatar boots
@@ -147,6 +181,7 @@ class LocalAvatarLauncher:
             if isinstance(behaviour, NoPlaybackConfirmation)
             else LocalAvatarParticipant
         )
+        arrived_at = time.monotonic()
         participant = kind(
             launch.livekit_url,
             launch.livekit_token,
@@ -164,6 +199,4 @@ class LocalAvatarLauncher:
             starting.cancel()
             with contextlib.suppress(BaseException):
                 await starting
-        avatar = LaunchedAvatar(launch, participant)
-        self.launched.append(avatar)
-        return avatar
+        return self._add(LaunchedAvatar(launch, participant, arrived_at))
