@@ -222,12 +222,6 @@ def _answer(recognizer: SphinxRecognizer, requests: BinaryIO, replies: BinaryIO)
             _reply(replies, {"error": f"decoding failed: {error}"})
 
 
-def same_config(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    return list(a.get("phrases", ())) == list(b.get("phrases", ())) and float(
-        a.get("phrase_margin", -1)
-    ) == float(b.get("phrase_margin", -2))
-
-
 def serve_forks(config: dict[str, Any], socket_path: str, control: BinaryIO, out: BinaryIO) -> int:
     """The fork server (see the module's docstring): until `control` ends, a decoder forked off the
     loaded model for each connection to `socket_path`."""
@@ -291,7 +285,7 @@ def _serve_connection(
             asked = json.loads(requests.readline() or b"null")
         except ValueError:
             asked = None
-        if not isinstance(asked, dict) or not same_config(asked, config):
+        if asked != config:  # both are the client's `decoder_config`, as JSON
             _reply(replies, {"mismatch": True})
             return 0
         _reply(replies, {"ready": True, "pid": os.getpid()})
