@@ -166,3 +166,30 @@ def avatar_video(text: str) -> LocalAvatarOptions:
         )
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT@FPS, got {text!r}") from None
+
+
+def add_condition_options(parser: argparse.ArgumentParser, *, video: str) -> None:
+    """The emulated provider's options: API latency, connection latency, boot, avatar video."""
+    parser.add_argument("--api-latency", type=float, default=0.3, help="seconds per API call")
+    parser.add_argument(
+        "--connect-latency", type=float, default=0.0, help="seconds more per new connection"
+    )
+    parser.add_argument(
+        "--avatar-boot", type=float, default=1.0, help="seconds from the create to the join"
+    )
+    parser.add_argument(
+        "--avatar-video",
+        type=avatar_video,
+        default=avatar_video(video),
+        help=f"the emulated avatars' video, WIDTHxHEIGHT@FPS (default {video})",
+    )
+
+
+def conditions_from(args: argparse.Namespace) -> Conditions:
+    """The conditions `add_condition_options` asked for (an instant voice)."""
+    return Conditions(
+        api_latency=args.api_latency,
+        connect_latency=args.connect_latency,
+        avatar_boot=args.avatar_boot,
+        avatar_video=args.avatar_video,
+    )

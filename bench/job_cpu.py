@@ -21,20 +21,22 @@ import argparse
 import asyncio
 import contextlib
 import statistics
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from livekit import api
 
-from bench.emulation import IDENTITIES, PROVIDERS, Conditions, avatar_video, provider_in_own_process
+from bench.emulation import (
+    IDENTITIES,
+    PROVIDERS,
+    add_condition_options,
+)
 from bench.load import cpu_used, job_pids, tree_cpu_seconds
 from bench.measure import Measurement, UserClock, user_in_new_room
 from bench.stats import ratio, table, times
 from bench.workers import (
-    log_to_file,
+    emulated_world,
     machine_load,
     our_worker,
     reference_worker,
@@ -43,9 +45,8 @@ from bench.workers import (
     wait_job_ended,
     wait_pool_ready,
 )
-from providers.local.participant import LocalAvatarOptions
 from tests.support.dispatch import dispatch_to_workers
-from tests.support.livekit_server import LiveKitServer, server_api, server_binary_path
+from tests.support.livekit_server import LiveKitServer
 from tests.support.worker import WorkerProcess
 
 PHASES = ("to first frame", "through the hold", "whole job", "job process")
@@ -153,14 +154,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--hold", type=float, default=10.0, help="seconds the user stays after the first frame"
     )
-    parser.add_argument("--api-latency", type=float, default=0.3)
-    parser.add_argument("--avatar-boot", type=float, default=1.0)
-    parser.add_argument(
-        "--avatar-video",
-        type=avatar_video,
-        default=LocalAvatarOptions(video_width=640, video_height=480, video_fps=24.0),
-        help="the emulated avatars' video, WIDTHxHEIGHT@FPS (default 640x480@24)",
-    )
+    add_condition_options(parser, video="640x480@24")
     args = parser.parse_args(argv)
     if args.runs < 1 or args.hold < 0:
         parser.error("--runs must be >= 1 and --hold >= 0")
@@ -168,57 +162,51 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 async def main(args: argparse.Namespace) -> None:
-    workdir = Path(tempfile.mkdtemp(prefix="bench-cpu-"))
-    log_to_file(workdir / "bench.log")
-    conditions = Conditions(
-        api_latency=args.api_latency, avatar_boot=args.avatar_boot, avatar_video=args.avatar_video
-    )
     identity = IDENTITIES[args.provider]
-    print(f"logs (workers, provider, bench) in {workdir}")
-    print(f"{conditions.describe()}; machine at start: {machine_load()}", flush=True)
-    with LiveKitServer(server_binary_path()) as server:
-        async with (
-            provider_in_own_process(args.provider, conditions, workdir) as provider,
-            server_api(server) as lk,
-        ):
-            arms = []
-            for label, make in (("ours", our_worker), ("reference", reference_worker)):
-                agent_name, worker = make(
-                    server, args.provider, provider.settings, conditions, workdir, extra={}
-                )
-                arms.append(Arm(label, agent_name, worker, []))
-            workers = [arm.worker for arm in arms]
-            try:
-                await start_all(workers)
-                idle_window = 5.0
-                before = {arm.label: tree_cpu_seconds(arm.worker.pid) for arm in arms}
-                started = time.monotonic()
-                await asyncio.sleep(idle_window)  # the idle workers' own CPU, for scale
-                idle = {
-                    arm.label: idle_rate(arm.worker, before[arm.label], time.monotonic() - started)
-                    for arm in arms
-                }
-                for run in range(args.runs):
-                    for arm in arms if run % 2 == 0 else reversed(arms):
-                        outcome = await one_job(server, lk, arm, identity, args.hold)
-                        if isinstance(outcome, str):
-                            print(f"{arm.label}: run {run + 1} failed: {outcome}", flush=True)
-                            continue
-                        arm.jobs.append(outcome)
-                        print(
-                            f"{arm.label:9} run {run + 1}: "
-                            + ", ".join(
-                                f"{phase} {value:.2f}"
-                                for phase, value in zip(PHASES, outcome.figures(), strict=True)
-                            ),
-                            flush=True,
-                        )
-                load_now = machine_load()
-            finally:
-                with contextlib.suppress(Exception):
-                    await stop_all(workers)
-            print(report(arms, args.hold, idle))
-            print(f"machine at the end: {load_now}")
+    async with emulated_world("cpu", args) as world:
+        arms = []
+        for label, make in (("ours", our_worker), ("reference", reference_worker)):
+            agent_name, worker = make(
+                world.server,
+                args.provider,
+                world.provider.settings,
+                world.conditions,
+                world.workdir,
+                extra={},
+            )
+            arms.append(Arm(label, agent_name, worker, []))
+        workers = [arm.worker for arm in arms]
+        try:
+            await start_all(workers)
+            idle_window = 5.0
+            before = {arm.label: tree_cpu_seconds(arm.worker.pid) for arm in arms}
+            started = time.monotonic()
+            await asyncio.sleep(idle_window)  # the idle workers' own CPU, for scale
+            idle = {
+                arm.label: idle_rate(arm.worker, before[arm.label], time.monotonic() - started)
+                for arm in arms
+            }
+            for run in range(args.runs):
+                for arm in arms if run % 2 == 0 else reversed(arms):
+                    outcome = await one_job(world.server, world.lk, arm, identity, args.hold)
+                    if isinstance(outcome, str):
+                        print(f"{arm.label}: run {run + 1} failed: {outcome}", flush=True)
+                        continue
+                    arm.jobs.append(outcome)
+                    print(
+                        f"{arm.label:9} run {run + 1}: "
+                        + ", ".join(
+                            f"{phase} {value:.2f}"
+                            for phase, value in zip(PHASES, outcome.figures(), strict=True)
+                        ),
+                        flush=True,
+                    )
+            load_now = machine_load()
+        finally:
+            with contextlib.suppress(Exception):
+                await stop_all(workers)
+        print(report(arms, args.hold, idle))
+        print(f"machine at the end: {load_now}")
 
 
 if __name__ == "__main__":

@@ -18,22 +18,24 @@ import argparse
 import asyncio
 import contextlib
 import os
-import tempfile
 import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import psutil
 from livekit import api
 
-from bench.emulation import IDENTITIES, PROVIDERS, Conditions, avatar_video, provider_in_own_process
+from bench.emulation import (
+    IDENTITIES,
+    PROVIDERS,
+    add_condition_options,
+)
 from bench.measure import Measurement, UserClock, measure_dispatch
 from bench.stats import Summary, Target, ratio, seconds, table
 from bench.workers import (
-    log_to_file,
+    emulated_world,
     machine_load,
     our_worker,
     reference_worker,
@@ -41,9 +43,8 @@ from bench.workers import (
     stop_all,
     wait_job_ended,
 )
-from providers.local.participant import LocalAvatarOptions
 from tests.support.dispatch import dispatch_to_workers
-from tests.support.livekit_server import LiveKitServer, server_api, server_binary_path
+from tests.support.livekit_server import LiveKitServer
 from tests.support.room_user import RoomUser
 from tests.support.worker import LogRecord, WorkerProcess
 
@@ -258,17 +259,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default="ours",
         help="whose worker takes the load: ours (agent.py) or the reference on the official plugins",
     )
-    parser.add_argument("--api-latency", type=float, default=0.3)
-    parser.add_argument(
-        "--connect-latency", type=float, default=0.0, help="seconds more per new connection"
-    )
-    parser.add_argument("--avatar-boot", type=float, default=1.0)
-    parser.add_argument(
-        "--avatar-video",
-        type=avatar_video,
-        default=LocalAvatarOptions(video_width=320, video_height=240, video_fps=12.0),
-        help="the emulated avatars' video, WIDTHxHEIGHT@FPS (default 320x240@12)",
-    )
+    add_condition_options(parser, video="320x240@12")
     args = parser.parse_args(argv)
     if args.sessions < 1 or args.baseline_runs < 1:
         parser.error("--sessions and --baseline-runs must be >= 1")
@@ -276,65 +267,50 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 async def main(args: argparse.Namespace) -> None:
-    workdir = Path(tempfile.mkdtemp(prefix="bench-load-"))
-    log_to_file(workdir / "bench.log")
-    conditions = Conditions(
-        api_latency=args.api_latency,
-        connect_latency=args.connect_latency,
-        avatar_boot=args.avatar_boot,
-        avatar_video=args.avatar_video,
-    )
     identity = IDENTITIES[args.provider]
-    print(f"logs (worker, provider, bench) in {workdir}")
-    print(f"{conditions.describe()}; machine at start: {machine_load()}", flush=True)
-    with LiveKitServer(server_binary_path()) as server:
-        async with (
-            provider_in_own_process(args.provider, conditions, workdir) as provider,
-            server_api(server) as lk,
-        ):
-            make_worker = our_worker if args.worker == "ours" else reference_worker
-            agent_name, worker = make_worker(
-                server,
-                args.provider,
-                provider.settings,
-                conditions,
-                workdir,
-                extra=worker_extra(args),
-            )
-            try:
-                await start_all([worker])
-                peaks = MemoryPeaks(worker.pid)
-                sampler = asyncio.create_task(peaks.run())
-                baseline: list[Measurement] = []
-                for _ in range(args.baseline_runs):
-                    baseline.append(
-                        await measure_dispatch(
-                            server, lk, worker, agent_name, identity, want_word=False
-                        )
+    async with emulated_world("load", args) as world:
+        server, provider, lk = world.server, world.provider, world.lk
+        make_worker = our_worker if args.worker == "ours" else reference_worker
+        agent_name, worker = make_worker(
+            server,
+            args.provider,
+            provider.settings,
+            world.conditions,
+            world.workdir,
+            extra=worker_extra(args),
+        )
+        try:
+            await start_all([worker])
+            peaks = MemoryPeaks(worker.pid)
+            sampler = asyncio.create_task(peaks.run())
+            baseline: list[Measurement] = []
+            for _ in range(args.baseline_runs):
+                baseline.append(
+                    await measure_dispatch(
+                        server, lk, worker, agent_name, identity, want_word=False
                     )
-                    print(f"single session: first frame {seconds(baseline[-1].first_frame)} s")
-                single_job_peak = max(
-                    (
-                        peaks.per_process.get(pid, 0)
-                        for pid in job_pids(
-                            worker.records, {m.room for m in baseline}, worker_pid=worker.pid
-                        )
-                    ),
-                    default=0,
                 )
-                print(f"{args.sessions} dispatches at once ...", flush=True)
-                cpu = CpuShares(worker.pid, provider.pid)
-                loaded = await burst(
-                    server, lk, worker, agent_name, identity, args.sessions, cpu=cpu
-                )
-                sampler.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await sampler
-                load_now = machine_load()
-            finally:
-                await stop_all([worker])
-            print(report(args, baseline, loaded, peaks, worker, single_job_peak, load_now))
-            print(cpu.line())
+                print(f"single session: first frame {seconds(baseline[-1].first_frame)} s")
+            single_job_peak = max(
+                (
+                    peaks.per_process.get(pid, 0)
+                    for pid in job_pids(
+                        worker.records, {m.room for m in baseline}, worker_pid=worker.pid
+                    )
+                ),
+                default=0,
+            )
+            print(f"{args.sessions} dispatches at once ...", flush=True)
+            cpu = CpuShares(worker.pid, provider.pid)
+            loaded = await burst(server, lk, worker, agent_name, identity, args.sessions, cpu=cpu)
+            sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sampler
+            load_now = machine_load()
+        finally:
+            await stop_all([worker])
+        print(report(args, baseline, loaded, peaks, worker, single_job_peak, load_now))
+        print(cpu.line())
 
 
 def report(

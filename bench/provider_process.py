@@ -18,27 +18,19 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.emulation import PROVIDERS, Conditions, ProviderEmulation, avatar_video
+from bench.emulation import PROVIDERS, ProviderEmulation, add_condition_options, conditions_from
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--provider", choices=PROVIDERS[1:], required=True)
-    parser.add_argument("--api-latency", type=float, default=0.3)
-    parser.add_argument("--connect-latency", type=float, default=0.0)
-    parser.add_argument("--avatar-boot", type=float, default=1.0)
-    parser.add_argument("--avatar-video", type=avatar_video, default="640x480@24")
+    add_condition_options(parser, video="640x480@24")
     parser.add_argument("--log", type=Path, required=True)
     return parser.parse_args(argv)
 
 
 async def serve(args: argparse.Namespace) -> None:
-    conditions = Conditions(
-        api_latency=args.api_latency,
-        connect_latency=args.connect_latency,
-        avatar_boot=args.avatar_boot,
-        avatar_video=args.avatar_video,
-    )
+    conditions = conditions_from(args)
     async with ProviderEmulation(args.provider, conditions) as emulation:
         print(json.dumps({"settings": emulation.settings()}), flush=True)
         loop = asyncio.get_running_loop()

@@ -4,18 +4,31 @@ start-up trace."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import sys
+import tempfile
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from bench.emulation import ROOT, Conditions, Provider
+from livekit import api
+
+from bench.emulation import (
+    ROOT,
+    Conditions,
+    Provider,
+    RemoteProvider,
+    conditions_from,
+    provider_in_own_process,
+)
 from bench.voice import FIRST_AUDIO_LATENCY_ENV, LOG_MESSAGE
-from tests.support.livekit_server import LiveKitServer
+from tests.support.livekit_server import LiveKitServer, server_api, server_binary_path
 from tests.support.worker import LogRecord, WorkerProcess, worker_environment
 
 JOB_END_TIMEOUT = 60.0
@@ -182,3 +195,32 @@ def log_to_file(path: Path) -> None:
 def machine_load() -> str:
     one, five, _ = os.getloadavg()
     return f"load average {one:.2f} (1 min), {five:.2f} (5 min) on {os.cpu_count()} cores"
+
+
+@dataclass(frozen=True)
+class EmulatedWorld:
+    """What a worker under test runs against: a local livekit-server and the emulated provider in a
+    process of its own, under `conditions`; logs go to `workdir`."""
+
+    workdir: Path
+    conditions: Conditions
+    server: LiveKitServer
+    provider: RemoteProvider
+    lk: api.LiveKitAPI
+
+
+@contextlib.asynccontextmanager
+async def emulated_world(name: str, args: argparse.Namespace) -> AsyncIterator[EmulatedWorld]:
+    """The world for `args.provider` under the conditions in `args` (see `add_condition_options`),
+    announced on the way in and torn down on the way out."""
+    workdir = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
+    log_to_file(workdir / "bench.log")
+    conditions = conditions_from(args)
+    print(f"logs (workers, provider, bench) in {workdir}")
+    print(f"{conditions.describe()}; machine at start: {machine_load()}", flush=True)
+    with LiveKitServer(server_binary_path()) as server:
+        async with (
+            provider_in_own_process(args.provider, conditions, workdir) as provider,
+            server_api(server) as lk,
+        ):
+            yield EmulatedWorld(workdir, conditions, server, provider, lk)

@@ -66,6 +66,10 @@ async def start_worker(env: dict[str, str], cwd: Path) -> asyncio.subprocess.Pro
     )
 
 
+def good_configuration(livekit: ConnectionRecorder) -> dict[str, str]:
+    return {"LIVEKIT_URL": livekit.url, "LIVEKIT_API_KEY": "devkey", "LIVEKIT_API_SECRET": SECRET}
+
+
 async def stop_worker(process: asyncio.subprocess.Process) -> None:
     if process.returncode is None:
         with contextlib.suppress(ProcessLookupError):  # the whole group may be gone already
@@ -105,14 +109,7 @@ async def test_good_configuration_does_contact_livekit(
     livekit_stand_in: ConnectionRecorder, tmp_path: Path
 ) -> None:
     """The control for the test above: the same worker, well configured, knocks on LiveKit's door."""
-    process = await start_worker(
-        {
-            "LIVEKIT_URL": livekit_stand_in.url,
-            "LIVEKIT_API_KEY": "devkey",
-            "LIVEKIT_API_SECRET": SECRET,
-        },
-        tmp_path,
-    )
+    process = await start_worker(good_configuration(livekit_stand_in), tmp_path)
     try:
         await asyncio.wait_for(livekit_stand_in.connected.wait(), timeout=60)
     finally:
@@ -142,14 +139,7 @@ async def test_the_worker_loads_the_speech_model_once_and_takes_it_along_when_ki
 ) -> None:
     """The offline voice's decoder server runs beside the worker (speech/decoder_server.py) and
     ends with it, even when the worker is killed and cannot clean up."""
-    process = await start_worker(
-        {
-            "LIVEKIT_URL": livekit_stand_in.url,
-            "LIVEKIT_API_KEY": "devkey",
-            "LIVEKIT_API_SECRET": SECRET,
-        },
-        tmp_path,
-    )
+    process = await start_worker(good_configuration(livekit_stand_in), tmp_path)
     try:
         await asyncio.wait_for(livekit_stand_in.connected.wait(), timeout=60)
         [decoder_server] = [

@@ -67,18 +67,23 @@ async def test_closing_the_stt_ends_its_forked_decoder(
     assert not psutil.pid_exists(pid)
 
 
-async def test_other_phrases_get_a_decoder_of_their_own(
-    server: DecoderServer, tmp_path: Path
-) -> None:
-    voice = SphinxSTT(phrases=["hello", "goodbye"])
+async def decodes_in_a_process_of_its_own(voice: SphinxSTT, said: str, tmp_path: Path) -> None:
     try:
-        result = await transcribe(voice, read_wav(await espeak_wav("goodbye", tmp_path)))
+        result = await transcribe(voice, read_wav(await espeak_wav(said, tmp_path)))
 
-        assert result.text == "goodbye"
+        assert result.text == said
         assert voice.decoder_pid is not None
         assert parent_of(voice.decoder_pid) == os.getpid()
     finally:
         await voice.aclose()
+
+
+async def test_other_phrases_get_a_decoder_of_their_own(
+    server: DecoderServer, tmp_path: Path
+) -> None:
+    await decodes_in_a_process_of_its_own(
+        SphinxSTT(phrases=["hello", "goodbye"]), "goodbye", tmp_path
+    )
 
 
 async def test_without_a_listening_server_the_job_starts_its_own_decoder(
@@ -87,15 +92,8 @@ async def test_without_a_listening_server_the_job_starts_its_own_decoder(
     os.kill(server.process.pid, signal.SIGKILL)
     server.process.wait()
     assert os.environ[DECODER_SERVER_ENV] == str(server.socket_path)
-    voice = SphinxSTT(phrases=INTENT_PHRASES)
-    try:
-        result = await transcribe(voice, read_wav(await espeak_wav("help", tmp_path)))
 
-        assert result.text == "help"
-        assert voice.decoder_pid is not None
-        assert parent_of(voice.decoder_pid) == os.getpid()
-    finally:
-        await voice.aclose()
+    await decodes_in_a_process_of_its_own(SphinxSTT(phrases=INTENT_PHRASES), "help", tmp_path)
 
 
 async def test_a_forked_decoder_that_dies_is_replaced(

@@ -343,6 +343,19 @@ class RoomUser:
     async def wait_until_gone(self, identity: str, timeout: float = 30.0) -> None:
         await self._until(lambda: identity not in self.room.remote_participants, timeout)
 
+    async def wait_without_track(
+        self, identity: str, kind: rtc.TrackKind.ValueType, timeout: float = 10.0
+    ) -> None:
+        """Until the participant is in the room with no track of `kind` published."""
+
+        def without() -> bool:
+            participant = self.room.remote_participants.get(identity)
+            return participant is not None and all(
+                publication.kind != kind for publication in participant.track_publications.values()
+            )
+
+        await self._until(without, timeout)
+
     async def wait_for_track(
         self, identity: str, kind: rtc.TrackKind.ValueType, timeout: float = 30.0
     ) -> rtc.RemoteTrack:

@@ -206,6 +206,13 @@ async def test_publishes_camera_and_microphone_before_anyone_subscribes(
         assert video.source == rtc.TrackSource.SOURCE_CAMERA
         assert (video.width, video.height) == (320, 240)
         assert not video.subscribed
+        # The room may announce the two publications in either order.
+        await asyncio.wait_for(
+            utils.wait_for_track_publication(
+                session.agent, identity=session.avatar.identity, kind=rtc.TrackKind.KIND_AUDIO
+            ),
+            TIMEOUT,
+        )
         avatar_participant = session.agent.remote_participants[session.avatar.identity]
         sources = {p.source for p in avatar_participant.track_publications.values()}
         assert sources == {rtc.TrackSource.SOURCE_CAMERA, rtc.TrackSource.SOURCE_MICROPHONE}
