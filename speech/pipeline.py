@@ -9,6 +9,7 @@ responder in the place of the language model (speech/responder.py) and eSpeak NG
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -22,6 +23,8 @@ from .decoder_server import DecoderServer
 from .espeak_tts import EspeakTTS
 from .responder import INTENT_PHRASES, OfflineResponder
 from .sphinx_stt import SphinxSTT
+
+logger = logging.getLogger("avatar-agent.speech")
 
 OFFLINE_GREETING = (
     "Hello! This is the offline voice: no cloud, no language model. "
@@ -105,7 +108,14 @@ class OfflineVoice:
     @contextlib.contextmanager
     def worker_services(self) -> Iterator[None]:
         # The speech model loaded once for all the worker's jobs (see speech/decoder_server.py).
-        server = DecoderServer.start(INTENT_PHRASES)
+        try:
+            server = DecoderServer.start(INTENT_PHRASES)
+        except OSError as error:
+            logger.warning(
+                "no speech decoder server (%s): each job loads the speech model itself", error
+            )
+            yield
+            return
         try:
             yield
         finally:

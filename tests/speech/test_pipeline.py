@@ -7,12 +7,16 @@ speaks with eSpeak NG; speaking over a reply interrupts it.
 from __future__ import annotations
 
 import asyncio
+import os
+import tempfile
 import time
 from collections import deque
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+import psutil
 import pytest
 from livekit import rtc
 from livekit.agents import AgentSession, llm
@@ -23,7 +27,7 @@ from config import Settings
 from speech.espeak_tts import default_engine
 from speech.pipeline import OFFLINE_GREETING, OfflineVoice, build_voice
 from speech.responder import WHO_AM_I
-from speech.sphinx_stt import SphinxSTT
+from speech.sphinx_stt import DECODER_SERVER_ENV, SphinxSTT
 
 RATE = 24_000
 FRAME = RATE // 100
@@ -200,3 +204,24 @@ async def test_speaking_over_a_reply_interrupts_it(conversation: Conversation) -
     assert second.text_content == "hello who are you"
     answer = await conversation.next_message("assistant")
     assert answer.text_content == f"Hello! {WHO_AM_I}"
+
+
+def test_the_offline_voice_runs_the_decoder_server_for_the_worker_while_it_runs() -> None:
+    with OfflineVoice().worker_services():
+        socket_path = os.environ[DECODER_SERVER_ENV]
+        [server] = [
+            child
+            for child in psutil.Process().children()
+            if "--fork-server" in child.cmdline() and socket_path in child.cmdline()
+        ]
+    assert DECODER_SERVER_ENV not in os.environ
+    assert not server.is_running()
+
+
+def test_a_decoder_server_that_cannot_start_leaves_the_worker_running(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "not-there"))
+    with OfflineVoice().worker_services():
+        assert DECODER_SERVER_ENV not in os.environ  # jobs start decoders of their own
+    assert "each job loads the speech model itself" in caplog.text
