@@ -4,7 +4,8 @@ Each job's speech recognition needs a decoder process with the US English model 
 CPU-seconds and 0.3 s on an idle core, paid during the job's start-up, when it competes with the
 avatar's. The worker starts one server (speech/sphinx_decoder.py `--fork-server`) before its job
 processes exist and tells them where it listens (`SPHINX_DECODER_SERVER`); a job's decoder is then a
-fork of the loaded model, which costs a few milliseconds and shares the model's memory. A job that
+fork of the loaded model: ready in 3 ms instead of 0.3 s, with 1 MiB of memory of its own instead of
+100 MiB (measured before its first decode, which makes some of the shared pages its own). A job that
 finds no server (not started yet, gone, or loaded with other phrases) starts a decoder of its own, as
 before.
 

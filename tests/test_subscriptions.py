@@ -3,7 +3,9 @@
 People and avatars (participants of kind AGENT) publish before and after the agent connects. Once
 the people's audio is subscribed, the agent must get none of the avatars' tracks within
 `WINDOW` seconds. The control connects the way livekit-agents does by default, subscribing to
-everything, and gets the avatars' tracks: the check can fail.
+everything, and gets the avatars' tracks: the check can fail. And should the job's room be connected
+subscribed to everything after all (livekit-agents' own connect winning the race), each avatar track
+is let go as it arrives.
 """
 
 from __future__ import annotations
@@ -64,8 +66,19 @@ class Agent:
     def __init__(self) -> None:
         self.room = rtc.Room()
         self.subscribed: list[str] = []
+        self.unsubscribed: list[str] = []
         self._changed = asyncio.Event()
         self.room.on("track_subscribed", self._on_subscribed)
+        self.room.on("track_unsubscribed", self._on_unsubscribed)
+
+    def _on_unsubscribed(
+        self,
+        track: rtc.RemoteTrack,
+        publication: rtc.RemoteTrackPublication,
+        participant: rtc.RemoteParticipant,
+    ) -> None:
+        self.unsubscribed.append(publication.sid)
+        self._changed.set()
 
     def _on_subscribed(
         self,
@@ -78,6 +91,9 @@ class Agent:
 
     async def wait_subscribed(self, sids: set[str], timeout: float = 15.0) -> None:
         await self._until(lambda: sids <= set(self.subscribed), timeout)
+
+    async def wait_unsubscribed(self, sids: set[str], timeout: float = 15.0) -> None:
+        await self._until(lambda: sids <= set(self.unsubscribed), timeout)
 
     async def wait_any_subscribed(self, sids: set[str], timeout: float) -> None:
         await self._until(lambda: bool(sids & set(self.subscribed)), timeout)
@@ -128,6 +144,14 @@ def livekits_default(
     return connect_once(agent, server, room, auto_subscribe=True)
 
 
+def ours_after_livekits_default(
+    agent: Agent, server: LiveKitServer, room: str
+) -> Callable[[], Awaitable[None]]:
+    """The room connected subscribed to everything (as when `AgentSession.start`'s own connect
+    wins the race in a job), with our policy on it."""
+    return connect_to_people(agent.room, connect_once(agent, server, room, auto_subscribe=True))
+
+
 @pytest.mark.parametrize("connect_with", [ours, livekits_default], ids=["ours", "control"])
 async def test_the_agent_hears_people_and_not_the_avatars_media(
     livekit_server: LiveKitServer, connect_with: ConnectFactory
@@ -153,3 +177,26 @@ async def test_the_agent_hears_people_and_not_the_avatars_media(
                 assert sorted(agent.subscribed) == sorted(people), "a track subscribed twice"
             else:
                 await agent.wait_subscribed(avatars)
+
+
+async def test_tracks_subscribed_by_a_connect_that_took_everything_are_let_go(
+    livekit_server: LiveKitServer,
+) -> None:
+    room = f"subscriptions-{uuid.uuid4().hex[:8]}"
+    person = await Publisher.join(livekit_server, room, "user", avatar=False)
+    avatar_before = await Publisher.join(livekit_server, room, "avatar", avatar=True)
+    agent = Agent()
+    async with rooms(person.room, avatar_before.room, agent.room):
+        await ours_after_livekits_default(agent, livekit_server, room)()
+        avatar_after = await Publisher.join(livekit_server, room, "avatar-1", avatar=True)
+        async with rooms(avatar_after.room):
+            avatars = avatar_before.track_sids | avatar_after.track_sids
+            await agent.wait_unsubscribed(avatars)  # each one let go as it came
+            await agent.wait_subscribed(person.track_sids)
+
+            assert not set(agent.unsubscribed) & person.track_sids
+            heard = agent.room.remote_participants["user"].track_publications.values()
+            assert all(publication.subscribed for publication in heard)
+            for identity in ("avatar", "avatar-1"):
+                publications = agent.room.remote_participants[identity].track_publications
+                assert not any(p.subscribed for p in publications.values())
