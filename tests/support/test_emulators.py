@@ -8,14 +8,18 @@ import socket
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from http import HTTPStatus
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import pytest
 from livekit import api
+from yarl import URL
 
 from tests.support.emulators import (
     AnamEmulator,
+    AssignSessionId,
     AvatarLaunch,
     CloseConnection,
     Delay,
@@ -24,6 +28,7 @@ from tests.support.emulators import (
     LoseReply,
     MalformedJson,
     MissingSuccessField,
+    ProcessThenFail,
     StatusFault,
     SucceedSlow,
 )
@@ -639,6 +644,62 @@ async def test_a_lost_reply_bills_a_session_and_drops_the_connection(
     assert record.status is None and record.dropped == "reply lost by fault"
     assert record.finished_at is not None
     assert len(lemonslice.active_sessions) == 1
+
+
+@pytest.mark.parametrize("status", [500, 502, 504])
+async def test_process_then_fail_bills_a_session_and_answers_an_error(
+    http: aiohttp.ClientSession, lemonslice: LemonSliceEmulator, anam: AnamEmulator, status: int
+) -> None:
+    lemonslice.inject("create", ProcessThenFail(status))
+    assert await ls_create(http, lemonslice) == (
+        status,
+        {"detail": HTTPStatus(status).phrase},
+    )
+    assert len(lemonslice.active_sessions) == 1
+
+    # Anam: the two-step flow's engine session, and the direct flow's
+    anam.inject("engine_session", ProcessThenFail(status), ProcessThenFail(status))
+    token = await anam_token(http, anam)
+    for headers, body in ((bearer(token), {}), (bearer(ANAM_KEY), anam_body())):
+        async with http.post(anam.url + "/v1/engine/session", headers=headers, json=body) as r:
+            assert r.status == status
+            assert (await r.json())["error"]
+    assert len(anam.active_sessions) == 2
+
+
+async def test_process_then_fail_makes_nothing_of_a_request_it_rejects(
+    http: aiohttp.ClientSession, lemonslice: LemonSliceEmulator
+) -> None:
+    lemonslice.inject("create", ProcessThenFail(502))
+    status, _ = await ls_create(http, lemonslice, ls_body(model="ultra"))
+    assert status == 400 and lemonslice.sessions == ()
+
+
+async def test_an_echoing_error_answers_the_request_body_as_plain_text(
+    http: aiohttp.ClientSession, lemonslice: LemonSliceEmulator
+) -> None:
+    lemonslice.inject(
+        "create", StatusFault(400, echo_request=True), ProcessThenFail(502, echo_request=True)
+    )
+    for status in (400, 502):
+        async with http.post(lemonslice.sessions_url, headers=ls_headers(), json=ls_body()) as r:
+            assert (r.status, r.content_type) == (status, "text/plain")
+            assert LIVEKIT_TOKEN in await r.text()
+    assert len(lemonslice.sessions) == 1  # only the one processed
+
+
+async def test_assign_session_id_names_the_session_and_routes_by_it(
+    http: aiohttp.ClientSession, lemonslice: LemonSliceEmulator
+) -> None:
+    odd = "a/b?c=d&..#e"
+    lemonslice.inject("create", AssignSessionId(odd))
+    assert await ls_create(http, lemonslice) == (201, {"session_id": odd})
+    escaped = quote(odd, safe="")
+    async with http.get(
+        URL(f"{lemonslice.sessions_url}/{escaped}", encoded=True),
+        headers=ls_headers(),
+    ) as r:
+        assert (r.status, await r.json()) == (200, {"session_status": "ACTIVE"})
 
 
 async def test_a_session_records_when_it_stopped_billing(

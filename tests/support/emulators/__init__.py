@@ -1,6 +1,7 @@
 """Strict local HTTP emulators of the LemonSlice and Anam avatar APIs, for tests."""
 
 from ._faults import (
+    AssignSessionId,
     CloseConnection,
     Delay,
     Fault,
@@ -8,6 +9,7 @@ from ._faults import (
     LoseReply,
     MalformedJson,
     MissingSuccessField,
+    ProcessThenFail,
     StatusFault,
     SucceedSlow,
 )
@@ -19,6 +21,7 @@ from .lemonslice import LemonSliceEmulator
 
 __all__ = [
     "AnamEmulator",
+    "AssignSessionId",
     "AvatarHandle",
     "AvatarLaunch",
     "AvatarLauncher",
@@ -32,6 +35,7 @@ __all__ = [
     "LoseReply",
     "MalformedJson",
     "MissingSuccessField",
+    "ProcessThenFail",
     "RecordedRequest",
     "SessionStatus",
     "StatusFault",

@@ -26,6 +26,9 @@ class StatusFault:
     message: str | None = None
     body: Mapping[str, Any] | None = None
     retry_after: int | float | datetime | str | None = None
+    echo_request: bool = False
+    """Answer with the request's own body as plain text (not JSON), as some servers and gateways
+    do: whatever secret the request carried is in the error body."""
 
 
 @dataclass(frozen=True)
@@ -84,8 +87,32 @@ class LoseReply:
     without answering: the reply is lost on the way back."""
 
 
+@dataclass(frozen=True)
+class ProcessThenFail:
+    """Process normally (a create makes a real, billed session), then answer `status` anyway:
+    a gateway's 502 or 504 after the provider behind it acted, or a 500 raised after the session
+    was made. The client cannot tell from the answer whether anything was created.
+
+    `echo_request` answers with the request's body as plain text, as `StatusFault` does.
+    """
+
+    status: int = 502
+    message: str | None = None
+    echo_request: bool = False
+
+
+@dataclass(frozen=True)
+class AssignSessionId:
+    """Process normally, but the provider names the session it makes `session_id` (any text:
+    a test of how a client treats an id it did not expect)."""
+
+    session_id: str
+
+
 Fault = (
     StatusFault
+    | ProcessThenFail
+    | AssignSessionId
     | Delay
     | Hang
     | CloseConnection

@@ -22,6 +22,7 @@ from yarl import URL
 
 from ._checks import Rejected
 from ._faults import (
+    AssignSessionId,
     CloseConnection,
     Delay,
     Fault,
@@ -30,6 +31,7 @@ from ._faults import (
     LoseReply,
     MalformedJson,
     MissingSuccessField,
+    ProcessThenFail,
     StatusFault,
     SucceedSlow,
 )
@@ -233,7 +235,8 @@ class EmulatorServer(ABC):
         livekit_token: str,
         sample_rate: int,
     ) -> EmulatedSession:
-        session_id = str(uuid.uuid4())
+        fault = record.fault
+        session_id = fault.session_id if isinstance(fault, AssignSessionId) else str(uuid.uuid4())
         session = EmulatedSession(
             session_id=session_id,
             provider=self.provider,
@@ -316,6 +319,8 @@ class EmulatorServer(ABC):
         fault = self._faults.pop(route)
         record.fault = fault
         if isinstance(fault, StatusFault):
+            if fault.echo_request:
+                return self._answer_raw(record, fault.status, record.body, "text/plain")
             return self._answer(record, self._status_fault_reply(fault))
         if isinstance(fault, Hang):
             await self._closing.wait()
@@ -341,6 +346,12 @@ class EmulatorServer(ABC):
         if not reply.ok:
             return self._answer(record, reply)
 
+        if isinstance(fault, ProcessThenFail):
+            if fault.echo_request:
+                return self._answer_raw(record, fault.status, record.body, "text/plain")
+            return self._answer(
+                record, self._status_fault_reply(StatusFault(fault.status, fault.message))
+            )
         if isinstance(fault, MalformedJson):
             text = json.dumps(reply.body)
             broken = fault.body if fault.body is not None else text[: len(text) // 2].encode()
@@ -390,8 +401,14 @@ class EmulatorServer(ABC):
         self._mark_answered(record, reply.status)
         return response
 
-    def _answer_raw(self, record: RecordedRequest, status: int, body: bytes) -> web.Response:
-        response = web.Response(status=status, body=body, content_type="application/json")
+    def _answer_raw(
+        self,
+        record: RecordedRequest,
+        status: int,
+        body: bytes,
+        content_type: str = "application/json",
+    ) -> web.Response:
+        response = web.Response(status=status, body=body, content_type=content_type)
         self._mark_answered(record, status)
         return response
 
