@@ -29,7 +29,7 @@ from .errors import (
     QuotaExceededError,
     RateLimitedError,
 )
-from .retry import RETRYABLE_STATUSES, RetryPolicy, parse_retry_after
+from .retry import OUTCOME_UNKNOWN_STATUSES, RETRYABLE_STATUSES, RetryPolicy, parse_retry_after
 
 logger = logging.getLogger("avatar.providers.http")
 
@@ -89,10 +89,10 @@ class ProviderHttp:
 
         `creates_session` marks a non-idempotent create. Neither provider offers an idempotency key
         or a lookup by our own reference, so a create that may have reached the provider (reply
-        lost, timeout or connection dropped after sending, cancelled in flight) is never retried: a
-        second create would be a second billed session. It is recorded in `possible_orphans`,
-        logged, and raised. What cannot have created anything (connection refused, an error
-        status) is retried as usual.
+        lost, timeout or connection dropped after sending, cancelled in flight, answered 500, 502
+        or 504) is never retried: a second create would be a second billed session. It is
+        recorded in `possible_orphans`, logged, and raised. What cannot have created anything
+        (connection refused, a refusal such as 503 or 429) is retried as usual.
         `deadline` (loop time) caps the call further, e.g. by the avatar start's own deadline.
         """
         request = _Request("POST", url, payload, headers, operation, creates_session, required)
@@ -126,6 +126,7 @@ class ProviderHttp:
             ) as error:
                 if request.creates_session and error.may_have_reached:
                     self._record_orphan(operation, attempt, f"attempt {attempt}: {_summary(error)}")
+                    error.retryable = False  # nobody may send this create again
                     raise
                 if not error.retryable or attempt == self.policy.max_attempts:
                     raise
@@ -269,7 +270,8 @@ class ProviderHttp:
         else:
             # Other 4xx (499 included) and the 3xx we do not follow: asking again gets the same answer.
             error = BadRequestError(message, retryable=False, **common)
-        # An error status means the provider refused the request: nothing was created.
+        # A refusal made nothing; a 500, 502 or 504 leaves unknown whether the request was acted on.
+        error.may_have_reached = status in OUTCOME_UNKNOWN_STATUSES
         return error
 
     def _deadline_error(self, operation: str, attempts: int) -> ProviderTimeoutError:

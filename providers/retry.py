@@ -12,6 +12,10 @@ from livekit.agents import APIConnectOptions
 
 # 408 and 429 may pass; 5xx are the provider's own trouble. Everything else in 4xx is final.
 RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+# Answers that do not say whether the request was acted on: a 500 can come after the work was done,
+# and a gateway's 502 or 504 says nothing of what the server behind it did. A create answered so
+# may have made a session (503 and 429 are refusals: nothing was made).
+OUTCOME_UNKNOWN_STATUSES = frozenset({500, 502, 504})
 
 
 @dataclass(frozen=True)

@@ -675,16 +675,22 @@ async def test_process_then_fail_makes_nothing_of_a_request_it_rejects(
     assert status == 400 and lemonslice.sessions == ()
 
 
-async def test_an_echoing_error_answers_the_request_body_as_plain_text(
+async def test_an_echoing_error_answers_the_request_body(
     http: aiohttp.ClientSession, lemonslice: LemonSliceEmulator
 ) -> None:
     lemonslice.inject(
-        "create", StatusFault(400, echo_request=True), ProcessThenFail(502, echo_request=True)
+        "create",
+        StatusFault(400, echo_request="text"),
+        ProcessThenFail(502, echo_request="text"),
+        StatusFault(400, echo_request="json"),
     )
     for status in (400, 502):
         async with http.post(lemonslice.sessions_url, headers=ls_headers(), json=ls_body()) as r:
             assert (r.status, r.content_type) == (status, "text/plain")
             assert LIVEKIT_TOKEN in await r.text()
+    async with http.post(lemonslice.sessions_url, headers=ls_headers(), json=ls_body()) as r:
+        assert r.status == 400
+        assert LIVEKIT_TOKEN in (await r.json())["detail"]
     assert len(lemonslice.sessions) == 1  # only the one processed
 
 

@@ -32,6 +32,7 @@ from tests.support.emulators import (
     Hang,
     MalformedJson,
     MissingSuccessField,
+    ProcessThenFail,
     StatusFault,
 )
 from tests.support.emulators.anam import (
@@ -202,6 +203,38 @@ async def test_an_engine_session_that_may_have_started_is_not_asked_for_twice(
         await start(anam)
     assert len(anam_emulator.requests_for("engine_session")) == 1
     assert [o.operation for o in anam._http.possible_orphans] == ["start engine session"]
+
+
+@pytest.mark.parametrize("flow", ["two_step", "direct"])
+@pytest.mark.parametrize("status", [500, 502, 504])
+async def test_an_engine_session_whose_outcome_an_error_status_leaves_unknown_is_never_repeated(
+    http_session: aiohttp.ClientSession,
+    anam_emulator: AnamEmulator,
+    flow: SessionFlow,
+    status: int,
+) -> None:
+    """The engine session was made, then a 500/502/504 came back: asking again would bill twice."""
+    anam_emulator.inject("engine_session", ProcessThenFail(status))
+    anam = client(http_session, anam_emulator, flow=flow)
+    with pytest.raises(ProviderUnavailableError) as caught:
+        await anam.start_session(
+            PERSONA, livekit_url="wss://example.livekit.cloud", livekit_token=avatar_token()
+        )
+    assert caught.value.may_have_reached
+    assert len(anam_emulator.requests_for("engine_session")) == 1
+    assert len(anam_emulator.sessions) == 1
+    assert [o.operation for o in anam._http.possible_orphans] == ["start engine session"]
+
+
+async def test_a_session_token_answered_502_is_asked_again(
+    http_session: aiohttp.ClientSession, anam_emulator: AnamEmulator
+) -> None:
+    """A session token bills nothing: its 5xx are retried as before."""
+    anam_emulator.inject("session_token", ProcessThenFail(502), StatusFault(500))
+    anam = client(http_session, anam_emulator)
+    await start(anam)
+    assert [r.status for r in anam_emulator.requests_for("session_token")] == [502, 500, 200]
+    assert len(anam_emulator.sessions) == 1 and anam._http.possible_orphans == []
 
 
 def test_reprs_hold_no_key(http_session: aiohttp.ClientSession) -> None:

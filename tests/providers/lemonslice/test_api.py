@@ -38,6 +38,7 @@ from tests.support.emulators import (
     LoseReply,
     MalformedJson,
     MissingSuccessField,
+    ProcessThenFail,
     StatusFault,
     SucceedSlow,
 )
@@ -148,20 +149,33 @@ async def test_terminate_ends_the_session(
     assert await lemonslice.session_status(session_id) == "COMPLETED"
 
 
-async def test_5xx_is_retried_with_growing_jittered_backoff(
+async def test_a_busy_provider_is_retried_with_growing_jittered_backoff(
     http_session: aiohttp.ClientSession, lemonslice_emulator: LemonSliceEmulator
 ) -> None:
-    lemonslice_emulator.inject("create", StatusFault(503), StatusFault(500), StatusFault(502))
+    lemonslice_emulator.inject("create", *[StatusFault(503)] * 3)
     await start(client(http_session, lemonslice_emulator))
 
     creates = lemonslice_emulator.requests_for("create")
-    assert [r.status for r in creates] == [503, 500, 502, 201]
+    assert [r.status for r in creates] == [503, 503, 503, 201]
     waits = gaps([r.arrived_at for r in creates])
     # retry n waits within [cap/2, cap], cap = min(0.4, 0.1 * 2**n); a little slack for the loop
     for n, waited in enumerate(waits):
         cap = min(FAST_POLICY.max_delay, FAST_POLICY.base_delay * 2**n)
         assert cap / 2 <= waited <= cap + 0.1, (n, waited)
     assert len(lemonslice_emulator.sessions) == 1
+
+
+async def test_a_terminate_answered_500_502_or_504_is_asked_again(
+    http_session: aiohttp.ClientSession, lemonslice_emulator: LemonSliceEmulator
+) -> None:
+    """Ending a session twice is harmless: only a create is never repeated on an unknown outcome."""
+    lemonslice = client(http_session, lemonslice_emulator)
+    session_id = await start(lemonslice)
+    lemonslice_emulator.inject("control", StatusFault(500), StatusFault(502), StatusFault(504))
+    await lemonslice.terminate(session_id)
+    assert [r.status for r in lemonslice_emulator.requests_for("control")] == [500, 502, 504, 200]
+    assert lemonslice_emulator.active_sessions == ()
+    assert lemonslice._http.possible_orphans == []
 
 
 async def test_retry_after_is_honoured(
@@ -327,6 +341,23 @@ async def test_a_create_that_may_have_reached_the_provider_is_not_retried(
         await start(lemonslice)
     assert getattr(caught.value, "may_have_reached", False)
     assert len(lemonslice_emulator.requests_for("create")) == 1
+    assert [o.operation for o in lemonslice._http.possible_orphans] == ["create session"]
+
+
+@pytest.mark.parametrize("status", [500, 502, 504])
+async def test_a_create_whose_outcome_an_error_status_leaves_unknown_is_never_repeated(
+    http_session: aiohttp.ClientSession, lemonslice_emulator: LemonSliceEmulator, status: int
+) -> None:
+    """A gateway's 502/504, or a 500 raised after the session was made: the session may exist.
+    One start, one session at most; the unknown one is counted as a possible orphan."""
+    lemonslice_emulator.inject("create", ProcessThenFail(status))
+    lemonslice = client(http_session, lemonslice_emulator)
+    with pytest.raises(ProviderUnavailableError) as caught:
+        await start(lemonslice)
+    assert caught.value.may_have_reached
+    assert caught.value.status_code == status
+    assert len(lemonslice_emulator.requests_for("create")) == 1
+    assert len(lemonslice_emulator.sessions) == 1
     assert [o.operation for o in lemonslice._http.possible_orphans] == ["create session"]
 
 

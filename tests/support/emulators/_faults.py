@@ -10,7 +10,9 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
+
+EchoFormat = Literal["text", "json"]
 
 
 @dataclass(frozen=True)
@@ -26,9 +28,10 @@ class StatusFault:
     message: str | None = None
     body: Mapping[str, Any] | None = None
     retry_after: int | float | datetime | str | None = None
-    echo_request: bool = False
-    """Answer with the request's own body as plain text (not JSON), as some servers and gateways
-    do: whatever secret the request carried is in the error body."""
+    echo_request: EchoFormat | None = None
+    """Answer with the request's own body, as some servers and gateways do: whatever secret the
+    request carried is in the error body. "text": the body as plain text (not JSON); "json": the
+    provider's JSON error shape with the body as its message."""
 
 
 @dataclass(frozen=True)
@@ -93,12 +96,12 @@ class ProcessThenFail:
     a gateway's 502 or 504 after the provider behind it acted, or a 500 raised after the session
     was made. The client cannot tell from the answer whether anything was created.
 
-    `echo_request` answers with the request's body as plain text, as `StatusFault` does.
+    `echo_request` answers with the request's body, as `StatusFault` does.
     """
 
     status: int = 502
     message: str | None = None
-    echo_request: bool = False
+    echo_request: EchoFormat | None = None
 
 
 @dataclass(frozen=True)

@@ -319,9 +319,7 @@ class EmulatorServer(ABC):
         fault = self._faults.pop(route)
         record.fault = fault
         if isinstance(fault, StatusFault):
-            if fault.echo_request:
-                return self._answer_raw(record, fault.status, record.body, "text/plain")
-            return self._answer(record, self._status_fault_reply(fault))
+            return self._answer_fault(record, fault)
         if isinstance(fault, Hang):
             await self._closing.wait()
             return self._drop(request, record, "hang released on close")
@@ -347,11 +345,8 @@ class EmulatorServer(ABC):
             return self._answer(record, reply)
 
         if isinstance(fault, ProcessThenFail):
-            if fault.echo_request:
-                return self._answer_raw(record, fault.status, record.body, "text/plain")
-            return self._answer(
-                record, self._status_fault_reply(StatusFault(fault.status, fault.message))
-            )
+            status_fault = StatusFault(fault.status, fault.message, echo_request=fault.echo_request)
+            return self._answer_fault(record, status_fault)
         if isinstance(fault, MalformedJson):
             text = json.dumps(reply.body)
             broken = fault.body if fault.body is not None else text[: len(text) // 2].encode()
@@ -368,6 +363,14 @@ class EmulatorServer(ABC):
         if isinstance(fault, LoseReply):
             return self._drop(request, record, "reply lost by fault")
         return self._answer(record, reply)
+
+    def _answer_fault(self, record: RecordedRequest, fault: StatusFault) -> web.Response:
+        if fault.echo_request == "text":
+            return self._answer_raw(record, fault.status, record.body, "text/plain")
+        if fault.echo_request == "json":
+            echoed = record.body.decode("utf-8", "replace")
+            return self._answer(record, Reply(fault.status, self.error_body(fault.status, echoed)))
+        return self._answer(record, self._status_fault_reply(fault))
 
     def _status_fault_reply(self, fault: StatusFault) -> Reply:
         message = fault.message or HTTPStatus(fault.status).phrase
