@@ -12,6 +12,7 @@ import logging
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Any
 
 import aiohttp
@@ -29,6 +30,7 @@ from .errors import (
     QuotaExceededError,
     RateLimitedError,
 )
+from .redact import redact, secrets_in
 from .retry import OUTCOME_UNKNOWN_STATUSES, RETRYABLE_STATUSES, RetryPolicy, parse_retry_after
 
 logger = logging.getLogger("avatar.providers.http")
@@ -39,6 +41,10 @@ REQUEST_ID_HEADERS = ("x-request-id", "request-id", "x-amzn-requestid", "cf-ray"
 ErrorTextReader = Callable[[Any], str | None]
 # Says whether a 429 is a hard limit (concurrency, spend cap) that waiting will not lift.
 QuotaDetector = Callable[[str | None], bool]
+# The provider's error as one of a few short codes we know (e.g. "spend cap"), else None.
+ErrorCodeReader = Callable[[str | None], str | None]
+# How much of a provider's error text is kept (in the error and the logs, never in the room).
+PROVIDER_TEXT_LIMIT = 200
 
 
 @dataclass(frozen=True)
@@ -69,6 +75,7 @@ class ProviderHttp:
     policy: RetryPolicy = field(default_factory=RetryPolicy)
     read_error_text: ErrorTextReader = lambda body: None
     is_quota_exceeded: QuotaDetector = lambda text: False
+    known_error_code: ErrorCodeReader = lambda text: None
     rng: random.Random = field(default_factory=random.Random)
     possible_orphans: list[PossibleOrphan] = field(default_factory=list)
 
@@ -129,12 +136,14 @@ class ProviderHttp:
                     error.retryable = False  # nobody may send this create again
                     raise
                 if not error.retryable or attempt == self.policy.max_attempts:
+                    self._log_final(operation, attempt, error)
                     raise
                 delay = self.policy.retry_delay(
                     attempt - 1, getattr(error, "retry_after", None), self.rng
                 )
                 if loop.time() + delay >= call_deadline:
                     if isinstance(error, ProviderStatusError):
+                        self._log_final(operation, attempt, error)
                         raise  # the provider's own answer says more than "out of time"
                     raise self._deadline_error(operation, attempt) from error
                 logger.warning(
@@ -177,8 +186,7 @@ class ProviderHttp:
                 raw = await response.read()
                 request_id = _request_id(response.headers)
                 if not 200 <= response.status < 300:
-                    error = self._status_error(operation, response, raw, request_id)
-                    raise _without_credentials(error, request.headers)
+                    raise self._status_error(request, response, raw, request_id)
                 return self._decode(operation, response.status, raw, request_id, request.required)
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as error:
             raise ProviderConnectionError(
@@ -231,11 +239,18 @@ class ProviderHttp:
 
     def _status_error(
         self,
-        operation: str,
+        request: _Request,
         response: aiohttp.ClientResponse,
         raw: bytes,
         request_id: str | None,
     ) -> ProviderStatusError:
+        """The typed error of an error answer.
+
+        Its message is composed by us (provider, operation, status, a known error code): it ends up
+        in `avatar.reason`, which everyone in the room sees. The provider's own text is kept apart
+        (`provider_message`, for logs), with every credential of the request taken out first.
+        """
+        operation = request.operation
         status = response.status
         try:
             body: Any = json.loads(raw) if raw else None
@@ -243,9 +258,15 @@ class ProviderHttp:
             body = None
         text = self.read_error_text(body) if body is not None else None
         if text is None and raw and body is None:
-            text = raw[:200].decode("utf-8", "replace")
+            text = raw.decode("utf-8", "replace")
+        if text is not None:
+            secrets = secrets_in(request.headers, request.payload)
+            text = redact(text, secrets)[:PROVIDER_TEXT_LIMIT]
+        code = self.known_error_code(text)
+        message = f"{self.provider} {operation} failed: {_status_line(status)}" + (
+            f" ({code})" if code else ""
+        )
         retry_after = parse_retry_after(response.headers.get("Retry-After"))
-        message = f"{self.provider} {operation} failed: {status}" + (f" {text}" if text else "")
         common: dict[str, Any] = {
             "provider": self.provider,
             "status_code": status,
@@ -282,6 +303,19 @@ class ProviderHttp:
             retryable=False,
         )
 
+    def _log_final(self, operation: str, attempt: int, error: Exception) -> None:
+        """The provider's own words on a failure we give up on: for the logs, never the room."""
+        if isinstance(error, ProviderStatusError) and error.provider_message:
+            logger.warning(
+                "%s %s failed (attempt %d): %s; the provider said: %s",
+                self.provider,
+                operation,
+                attempt,
+                _summary(error),
+                error.provider_message,
+                extra={"provider": self.provider, "operation": operation, "attempt": attempt},
+            )
+
     def _record_orphan(self, operation: str, attempt: int, reason: str) -> None:
         orphan = PossibleOrphan(self.provider, operation, attempt, reason)
         self.possible_orphans.append(orphan)
@@ -295,34 +329,18 @@ class ProviderHttp:
         )
 
 
-CREDENTIAL_HEADERS = ("authorization", "x-api-key")
-
-
-def _without_credentials(
-    error: ProviderStatusError, headers: Mapping[str, str]
-) -> ProviderStatusError:
-    """A provider that echoes the key or token back in its error text must not put it in our logs."""
-    secrets = set()
-    for name, value in headers.items():
-        if name.lower() in CREDENTIAL_HEADERS and value:
-            secrets.add(value)
-            secrets.add(value.split(" ", 1)[-1])  # the token without its "Bearer " scheme
-    for secret in sorted(secrets, key=len, reverse=True):
-        if len(secret) >= 8:
-            error.message = error.message.replace(secret, "***")
-            if error.provider_message:
-                error.provider_message = error.provider_message.replace(secret, "***")
-                error.body = error.provider_message
-    # Tracebacks and some loggers show args, not message.
-    error.args = (error.message, *error.args[1:])
-    return error
-
-
 def _request_id(headers: Mapping[str, str]) -> str | None:
     for name in REQUEST_ID_HEADERS:
         if value := headers.get(name):
             return value
     return None
+
+
+def _status_line(status: int) -> str:
+    try:
+        return f"{status} {HTTPStatus(status).phrase}"
+    except ValueError:
+        return str(status)
 
 
 def _summary(error: Exception) -> str:

@@ -103,6 +103,7 @@ def _anam(settings: Settings, session: aiohttp.ClientSession) -> ProviderSetup:
         policy=retry_policy(settings),
         read_error_text=anam_api.read_error_text,
         is_quota_exceeded=anam_api.is_hard_limit,
+        known_error_code=anam_api.hard_limit,
     )
     client = anam_api.AnamAPI(
         http,

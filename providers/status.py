@@ -5,7 +5,10 @@ dropped out and is being replaced. The agent says so in two attributes it keeps 
 
 - `avatar.status`: `starting`, `joined`, `unavailable` (the agent speaks in its own voice), `lost`
   (the avatar left mid-call; the agent speaks in its own voice), `restarting`;
-- `avatar.reason`: why, for `unavailable` and `lost` (log-safe text: no key, no token), else empty.
+- `avatar.reason`: why, for `unavailable` and `lost`, else empty. Everyone in the room sees it: it is
+  text we compose (error class, operation, HTTP status, a known error code), never a provider's own
+  error text (providers/http.py keeps that out of the errors' messages). As a last guard, anything
+  shaped like a token is taken out and the text is cut short here.
 """
 
 from __future__ import annotations
@@ -17,11 +20,13 @@ from collections.abc import Awaitable, Callable
 from livekit import rtc
 
 from .lifecycle import AvatarLifecycleMetrics
+from .redact import redact
 
 logger = logging.getLogger("avatar.status")
 
 STATUS_ATTRIBUTE = "avatar.status"
 REASON_ATTRIBUTE = "avatar.reason"
+REASON_LIMIT = 200
 
 
 def status_of(event: AvatarLifecycleMetrics) -> tuple[str, str] | None:
@@ -32,10 +37,14 @@ def status_of(event: AvatarLifecycleMetrics) -> tuple[str, str] | None:
         case "joined" | "recovered":
             return "joined", ""
         case "failed":
-            return "unavailable", event.reason or "the avatar could not start"
+            return "unavailable", _public(event.reason) or "the avatar could not start"
         case "left":
-            return "lost", event.reason or "the avatar left"
+            return "lost", _public(event.reason) or "the avatar left"
     return None
+
+
+def _public(reason: str | None) -> str:
+    return redact(reason or "")[:REASON_LIMIT]
 
 
 class AvatarStatusAttributes:

@@ -47,8 +47,14 @@ def read_error_text(body: Any) -> str | None:
     return text or None
 
 
+def hard_limit(text: str | None) -> str | None:
+    """Which hard limit a 429's text names (one of `HARD_LIMIT_MARKERS`), if any."""
+    lowered = (text or "").lower()
+    return next((marker for marker in HARD_LIMIT_MARKERS if marker in lowered), None)
+
+
 def is_hard_limit(text: str | None) -> bool:
-    return text is not None and any(marker in text.lower() for marker in HARD_LIMIT_MARKERS)
+    return hard_limit(text) is not None
 
 
 class AnamAPI:

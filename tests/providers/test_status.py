@@ -45,3 +45,13 @@ def test_each_event_sets_the_status_a_frontend_needs(
     lifecycle: AvatarLifecycleMetrics, status: tuple[str, str] | None
 ) -> None:
     assert status_of(lifecycle) == status
+
+
+def test_a_reason_never_carries_a_token_and_stays_short() -> None:
+    jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhdmF0YXIifQ.c2lnbmF0dXJlLW9mLXRoZS10b2tlbg"
+    failed = event("failed", reason=f"RuntimeError: could not join with {jwt} " + "x" * 500)
+    status = status_of(failed)
+    assert status is not None
+    assert "eyJ" not in status[1] and "c2lnbmF0dXJl" not in status[1]
+    assert status[1].startswith("RuntimeError: could not join with ***")
+    assert len(status[1]) <= 200

@@ -19,6 +19,7 @@ from livekit.agents import AgentSession
 from config import Settings, load_settings
 from providers.lifecycle import AvatarLifecycleMetrics, JobTimeline
 from providers.registry import avatar_for_job, livekit_credentials, provider_setup
+from providers.status import REASON_ATTRIBUTE, STATUS_ATTRIBUTE
 from providers.supervisor import AvatarSupervisor, JobRoom
 from providers.warmup import provider_http_session
 from tests.support.avatar_launcher import JoinLate, LocalAvatarLauncher
@@ -28,6 +29,7 @@ from tests.support.emulators import (
     Hang,
     LemonSliceEmulator,
     LoseReply,
+    ProcessThenFail,
     StatusFault,
     SucceedSlow,
 )
@@ -378,6 +380,67 @@ async def test_a_slow_terminate_is_reported_with_its_reason(
     ended = harness.log.named("ended")[0]
     assert ended.reason is not None and "ProviderTimeoutError" in ended.reason
     assert ended.model_dump().get("timings", {}).get("ended_in", 99) < 3
+
+
+@pytest.mark.parametrize("provider", ["lemonslice", "anam"])
+async def test_a_create_answered_502_after_it_made_a_session_is_not_repeated_and_its_avatar_removed(
+    harness: Harness,
+    lemonslice: tuple[LemonSliceEmulator, LocalAvatarLauncher],
+    anam: tuple[AnamEmulator, LocalAvatarLauncher],
+    provider: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A gateway's 502 after the provider made the session: the agent takes its own voice at once,
+    the unknown session is counted, and its avatar is removed when it comes."""
+    emulator: EmulatorServer = lemonslice[0] if provider == "lemonslice" else anam[0]
+    create = "create" if provider == "lemonslice" else "engine_session"
+    emulator.inject(create, ProcessThenFail(502))
+    supervisor = harness.start(harness.settings(provider, emulator))
+    await harness.log.wait_for("failed")
+    assert route(supervisor) == "own_voice"
+    assert len(emulator.requests_for(create)) == 1, "a second create is a second billed session"
+    assert "possible orphan" in caplog.text
+    await harness.log.wait_for("removed")  # the session it made sent its avatar anyway
+    await until(lambda: emulator.active_sessions == (), emulator)
+    await supervisor.aclose()
+    assert len(emulator.sessions) == 1 and not harness.log.named("joined")
+
+
+def _logged(caplog: pytest.LogCaptureFixture) -> str:
+    """Every log line and every structured field the records carry."""
+    return caplog.text + "".join(repr(vars(record)) for record in caplog.records)
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        StatusFault(400, echo_request="text"),
+        StatusFault(400, echo_request="json"),
+        ProcessThenFail(502, echo_request="text"),
+    ],
+    ids=["400-text", "400-json", "502-text"],
+)
+async def test_a_provider_error_echoing_the_request_publishes_and_logs_no_token(
+    harness: Harness,
+    lemonslice: tuple[LemonSliceEmulator, LocalAvatarLauncher],
+    fault: StatusFault | ProcessThenFail,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """`avatar.reason` is seen by everyone in the room: it says what failed in our words, never
+    with the provider's text; the logs may say more, but never the avatar's join token."""
+    emulator, _ = lemonslice
+    emulator.inject("create", fault)
+    supervisor = harness.start(harness.settings("lemonslice", emulator))
+    await harness.log.wait_for("failed")
+    token = emulator.requests_for("create")[0].json["properties"]["livekit_token"]
+    claims, signature = token.split(".")[1:]
+    status = supervisor.status.current
+    assert status is not None and status[STATUS_ATTRIBUTE] == "unavailable"
+    reason = status[REASON_ATTRIBUTE]
+    assert str(fault.status) in reason, reason
+    assert "livekit" not in reason and claims[:12] not in reason, reason
+    logged = _logged(caplog)
+    assert claims[:12] not in logged and signature not in logged
 
 
 def _closed_port() -> int:

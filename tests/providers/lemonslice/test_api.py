@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Literal
 
 import aiohttp
 import pytest
@@ -261,7 +262,29 @@ async def test_a_key_echoed_back_by_the_provider_is_not_repeated(
     shown = str(caught.value) + repr(caught.value) + repr(caught.value.args)
     assert LEMONSLICE_KEY not in shown
     assert caught.value.provider_message == "key *** is suspended"
-    assert "***" in caught.value.args[0]
+    # the message is ours (it may be shown to the room): no provider text at all
+    assert caught.value.args[0] == "lemonslice create session failed: 403 Forbidden"
+
+
+@pytest.mark.parametrize("echo", ["text", "json"])
+async def test_an_error_body_echoing_the_request_keeps_no_credential(
+    http_session: aiohttp.ClientSession,
+    lemonslice_emulator: LemonSliceEmulator,
+    echo: Literal["text", "json"],
+) -> None:
+    """The request carries the API key and the avatar's join token: an echo of it must lose both."""
+    lemonslice_emulator.inject("create", StatusFault(400, echo_request=echo))
+    token = avatar_token()
+    with pytest.raises(BadRequestError) as caught:
+        await client(http_session, lemonslice_emulator).start_agent_session(
+            AGENT, livekit_url="wss://example.livekit.cloud", livekit_token=token
+        )
+    error = caught.value
+    assert error.message == "lemonslice create session failed: 400 Bad Request"
+    assert error.provider_message is not None and "livekit_token" in error.provider_message
+    shown = str(error) + repr(error) + repr(error.args)
+    for piece in token.split("."):
+        assert piece[:12] not in shown
 
 
 async def test_persistent_5xx_ends_with_the_last_status_and_text(

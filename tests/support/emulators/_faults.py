@@ -30,8 +30,8 @@ class StatusFault:
     retry_after: int | float | datetime | str | None = None
     echo_request: EchoFormat | None = None
     """Answer with the request's own body, as some servers and gateways do: whatever secret the
-    request carried is in the error body. "text": the body as plain text (not JSON); "json": the
-    provider's JSON error shape with the body as its message."""
+    request carried is in the error body. "text": a plain-text sentence (not JSON) quoting the body;
+    "json": the provider's JSON error shape with the body as its message."""
 
 
 @dataclass(frozen=True)

@@ -366,7 +366,8 @@ class EmulatorServer(ABC):
 
     def _answer_fault(self, record: RecordedRequest, fault: StatusFault) -> web.Response:
         if fault.echo_request == "text":
-            return self._answer_raw(record, fault.status, record.body, "text/plain")
+            text = f"{HTTPStatus(fault.status).phrase}: could not process ".encode() + record.body
+            return self._answer_raw(record, fault.status, text, "text/plain")
         if fault.echo_request == "json":
             echoed = record.body.decode("utf-8", "replace")
             return self._answer(record, Reply(fault.status, self.error_body(fault.status, echoed)))
