@@ -132,6 +132,7 @@ class ProviderHttp:
                 ProviderTimeoutError,
             ) as error:
                 if request.creates_session and error.may_have_reached:
+                    self._log_final(operation, attempt, error)
                     self._record_orphan(operation, attempt, f"attempt {attempt}: {_summary(error)}")
                     error.retryable = False  # nobody may send this create again
                     raise

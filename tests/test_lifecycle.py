@@ -32,6 +32,7 @@ from tests.support.emulators import (
     LemonSliceEmulator,
     LoseReply,
     MissingSuccessField,
+    ProcessThenFail,
     RecordedRequest,
     StatusFault,
     SucceedSlow,
@@ -579,3 +580,29 @@ async def test_a_worker_told_to_stop_mid_call_lets_the_call_finish_then_ends_its
             "job end -> session end": seconds(max(took, 0.0)),
         }
     )
+
+
+async def test_a_create_answered_502_after_it_made_the_session_is_not_repeated(call: Call) -> None:
+    """A gateway's 502 after the provider made the session, its body echoing our request (the join
+    token in it): the agent's own voice at once, one create only, the avatar that session sends
+    removed as it joins, and the room told why in the agent's words, with no token."""
+    call.emulator.inject(call.deployment.create_route, ProcessThenFail(502, echo_request="text"))
+    await call.dispatch()
+    agent = (await call.agent()).identity
+    failed = wall_to_monotonic(await call.event("failed", timeout=30))
+    own_voice = await call.ears.heard(agent, after=failed - 0.5, timeout=10) - failed
+    assert own_voice <= WITHIN
+    assert len(call.creates()) == 1, "a second create would be a second billed session"
+    await call.user.wait_for_attribute(agent, STATUS_ATTRIBUTE, "unavailable", timeout=5)
+    reason = call.user.room.remote_participants[agent].attributes[REASON_ATTRIBUTE]
+    assert "502" in reason and "livekit" not in reason.lower() and "eyJ" not in reason, reason
+
+    await call.event("removed", timeout=20)
+    await call.until_sessions_ended()
+    assert len(call.sessions) == 1
+    took = await call.assert_clean_end(await call.end_by_leaving())
+    call.row = {
+        "row": "create answered 502 after it made the session",
+        "failure -> own voice": seconds(own_voice),
+        "job end -> session end": call.end_figure(took),
+    }
