@@ -39,6 +39,8 @@ REQUEST_ID_HEADERS = ("x-request-id", "request-id", "x-amzn-requestid", "cf-ray"
 
 # Reads the provider's human-readable error text out of an error body.
 ErrorTextReader = Callable[[Any], str | None]
+# What is wrong with a reply's required field, or None if it is usable.
+FieldCheck = Callable[[str], str | None]
 # Says whether a 429 is a hard limit (concurrency, spend cap) that waiting will not lift.
 QuotaDetector = Callable[[str | None], bool]
 # The provider's error as one of a few short codes we know (e.g. "spend cap"), else None.
@@ -56,6 +58,7 @@ class _Request:
     operation: str
     creates_session: bool = False
     required: str | None = None
+    check_required: FieldCheck | None = None
 
 
 @dataclass(frozen=True)
@@ -88,11 +91,13 @@ class ProviderHttp:
         operation: str,
         creates_session: bool = False,
         required: str | None = None,
+        check_required: FieldCheck | None = None,
         deadline: float | None = None,
     ) -> dict[str, Any]:
         """POST `payload` as JSON, retrying per the policy; returns the decoded JSON object.
 
-        `required` names a field the reply must carry as a non-empty string (else a protocol error).
+        `required` names a field the reply must carry as a non-empty string (else a protocol error);
+        `check_required` says what else is wrong with it, if anything (also a protocol error).
 
         `creates_session` marks a non-idempotent create. Neither provider offers an idempotency key
         or a lookup by our own reference, so a create that may have reached the provider (reply
@@ -102,7 +107,9 @@ class ProviderHttp:
         (connection refused, a refusal such as 503 or 429) is retried as usual.
         `deadline` (loop time) caps the call further, e.g. by the avatar start's own deadline.
         """
-        request = _Request("POST", url, payload, headers, operation, creates_session, required)
+        request = _Request(
+            "POST", url, payload, headers, operation, creates_session, required, check_required
+        )
         return await self._call(request, deadline)
 
     async def get_json(
@@ -188,7 +195,7 @@ class ProviderHttp:
                 request_id = _request_id(response.headers)
                 if not 200 <= response.status < 300:
                     raise self._status_error(request, response, raw, request_id)
-                return self._decode(operation, response.status, raw, request_id, request.required)
+                return self._decode(request, response.status, raw, request_id)
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as error:
             raise ProviderConnectionError(
                 f"{self.provider} {operation}: could not connect ({type(error).__name__})",
@@ -211,8 +218,9 @@ class ProviderHttp:
             raise connection_error from None
 
     def _decode(
-        self, operation: str, status: int, raw: bytes, request_id: str | None, required: str | None
+        self, request: _Request, status: int, raw: bytes, request_id: str | None
     ) -> dict[str, Any]:
+        operation, required = request.operation, request.required
         try:
             body = json.loads(raw) if raw else None
         except ValueError:
@@ -226,6 +234,8 @@ class ProviderHttp:
                 problem = (
                     f"has no {required}" if value is None else f"has an empty or invalid {required}"
                 )
+            elif request.check_required is not None and (wrong := request.check_required(value)):
+                problem = f"has an unusable {required} ({wrong})"
         if problem is not None:
             error = ProviderProtocolError(
                 f"{self.provider} {operation}: reply {status} {problem}",

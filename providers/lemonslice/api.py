@@ -3,15 +3,20 @@ shared retry policy. See shared/seeds (the wire contract) and the notes on its w
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
-from ..errors import ProviderProtocolError
+from ..errors import ProviderProtocolError, ProviderStatusError
 from ..http import ProviderHttp
+
+logger = logging.getLogger("avatar.providers.lemonslice")
 
 PROVIDER = "lemonslice"
 DEFAULT_API_URL = "https://lemonslice.com/api/liveai/sessions"
+MAX_SESSION_ID = 256
 
 
 @dataclass(frozen=True)
@@ -33,6 +38,21 @@ class LemonSliceAgent:
 def read_error_text(body: Any) -> str | None:
     if isinstance(body, dict) and isinstance(body.get("detail"), str):
         return str(body["detail"])
+    return None
+
+
+def session_id_problem(session_id: str) -> str | None:
+    """Why a session id from a reply cannot name a session in a URL path, or None.
+
+    Everything else is sent escaped (`/`, `?`, `#`, `%` included): one path segment, whatever it says.
+    Only a dot segment would still be resolved away by the URL itself.
+    """
+    if len(session_id) > MAX_SESSION_ID:
+        return f"longer than {MAX_SESSION_ID} characters"
+    if session_id in (".", ".."):
+        return "a relative path step"
+    if not session_id.isprintable() or any(char.isspace() for char in session_id):
+        return "spaces or control characters"
     return None
 
 
@@ -95,19 +115,38 @@ class LemonSliceAPI:
             operation="create session",
             creates_session=True,
             required="session_id",
+            check_required=session_id_problem,
             deadline=deadline,
         )
         return str(reply["session_id"])
 
+    def _session_url(self, session_id: str) -> str:
+        if problem := session_id_problem(session_id):
+            raise ValueError(f"lemonslice session id {session_id!r} is unusable: {problem}")
+        return f"{self._sessions_url}/{quote(session_id, safe='')}"
+
     async def terminate(self, session_id: str, *, deadline: float | None = None) -> None:
-        """End the session at once; LemonSlice removes its avatar from the room."""
-        reply = await self._http.post_json(
-            f"{self._sessions_url}/{session_id}/control",
-            {"event": "terminate"},
-            headers=self._headers,
-            operation="terminate session",
-            deadline=deadline,
-        )
+        """End the session at once; LemonSlice removes its avatar from the room.
+
+        A 404 means the session is over already (its idle timeout, its avatar gone): nothing to end.
+        """
+        try:
+            reply = await self._http.post_json(
+                f"{self._session_url(session_id)}/control",
+                {"event": "terminate"},
+                headers=self._headers,
+                operation="terminate session",
+                deadline=deadline,
+            )
+        except ProviderStatusError as error:
+            if error.status_code != 404:
+                raise
+            logger.info(
+                "lemonslice session %s was already over (terminate answered 404)",
+                session_id,
+                extra={"provider": PROVIDER, "provider_session_id": session_id},
+            )
+            return
         if reply.get("success") is not True:
             raise ProviderProtocolError(
                 "lemonslice terminate session: the reply does not say success",
@@ -117,7 +156,7 @@ class LemonSliceAPI:
 
     async def session_status(self, session_id: str) -> str:
         reply = await self._http.get_json(
-            f"{self._sessions_url}/{session_id}", headers=self._headers, operation="session status"
+            self._session_url(session_id), headers=self._headers, operation="session status"
         )
         status = reply.get("session_status")
         if not isinstance(status, str):

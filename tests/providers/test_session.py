@@ -14,9 +14,15 @@ from providers.lemonslice.api import LemonSliceAgent, LemonSliceAPI
 from providers.lemonslice.api import read_error_text as lemonslice_error_text
 from providers.lemonslice.avatar import LemonSliceAvatarSession
 from providers.retry import RetryPolicy
-from providers.session import AvatarOptions, ProviderStartRequest
+from providers.session import AvatarOptions, ProviderStartRequest, StopOutcome
 from tests.providers.conftest import ANAM_KEY, LEMONSLICE_KEY, avatar_token, provider_http
-from tests.support.emulators import AnamEmulator, Hang, LemonSliceEmulator, SucceedSlow
+from tests.support.emulators import (
+    AnamEmulator,
+    Hang,
+    LemonSliceEmulator,
+    StatusFault,
+    SucceedSlow,
+)
 
 OPTIONS = AvatarOptions(identity="test-avatar", stop_timeout=3.0)
 # Attempts long enough for a slow (but answered) create.
@@ -108,3 +114,16 @@ async def test_a_terminate_that_gets_no_answer_says_why_and_counts_the_session(
     assert outcome.unended is not None
     assert outcome.unended.startswith("ProviderTimeoutError: lemonslice terminate session")
     assert len(lemonslice_emulator.active_sessions) == 1  # it is still billing, and we say so
+
+
+async def test_a_session_the_provider_had_already_ended_is_not_counted_as_unended(
+    http_session: aiohttp.ClientSession, lemonslice_emulator: LemonSliceEmulator
+) -> None:
+    """Terminate answered 404 (its idle timeout came first): ended, not a possible orphan."""
+    session = lemonslice_session(http_session, lemonslice_emulator)
+    session_id = await session.start(request())
+    await lemonslice_emulator.end_session(session_id, "TIMED_OUT")
+    lemonslice_emulator.inject("control", StatusFault(404, "session not found"))
+    outcome = await session.stop()
+    assert outcome == StopOutcome(session_id, unended=None)
+    assert len(lemonslice_emulator.requests_for("control")) == 1

@@ -33,6 +33,7 @@ from tests.providers.conftest import (
     provider_http,
 )
 from tests.support.emulators import (
+    AssignSessionId,
     CloseConnection,
     Hang,
     LemonSliceEmulator,
@@ -148,6 +149,45 @@ async def test_terminate_ends_the_session(
     assert control.headers["X-API-Key"] == LEMONSLICE_KEY
     assert lemonslice_emulator.active_sessions == ()
     assert await lemonslice.session_status(session_id) == "COMPLETED"
+
+
+@pytest.mark.parametrize("session_id", ["a/b", "x?y=z", "../../other", "a/../b", "%2F#frag"])
+async def test_a_session_id_is_one_escaped_path_segment(
+    http_session: aiohttp.ClientSession, lemonslice_emulator: LemonSliceEmulator, session_id: str
+) -> None:
+    """The id is the provider's text: it must name the session, never another path or a query."""
+    lemonslice_emulator.inject("create", AssignSessionId(session_id))
+    lemonslice = client(http_session, lemonslice_emulator)
+    assert await start(lemonslice) == session_id
+    assert await lemonslice.session_status(session_id) == "ACTIVE"
+    await lemonslice.terminate(session_id)
+    [control] = lemonslice_emulator.requests_for("control")
+    assert control.json == {"event": "terminate"}
+    assert lemonslice_emulator.session(session_id).terminated
+
+
+@pytest.mark.parametrize("session_id", ["..", ".", "a b", "line\nbreak", "x" * 300])
+async def test_a_session_id_that_cannot_name_a_session_is_a_possible_orphan(
+    http_session: aiohttp.ClientSession, lemonslice_emulator: LemonSliceEmulator, session_id: str
+) -> None:
+    lemonslice_emulator.inject("create", AssignSessionId(session_id))
+    lemonslice = client(http_session, lemonslice_emulator)
+    with pytest.raises(ProviderProtocolError) as caught:
+        await start(lemonslice)
+    assert caught.value.may_have_reached and "session_id" in caught.value.message
+    assert len(lemonslice_emulator.requests_for("create")) == 1
+    assert [o.operation for o in lemonslice._http.possible_orphans] == ["create session"]
+
+
+async def test_a_terminate_answered_404_means_the_session_had_already_ended(
+    http_session: aiohttp.ClientSession, lemonslice_emulator: LemonSliceEmulator
+) -> None:
+    """The provider ended it first (idle timeout, the avatar left): nothing is left running."""
+    lemonslice = client(http_session, lemonslice_emulator)
+    session_id = await start(lemonslice)
+    lemonslice_emulator.inject("control", StatusFault(404, "session not found"))
+    await lemonslice.terminate(session_id)
+    assert len(lemonslice_emulator.requests_for("control")) == 1
 
 
 async def test_a_busy_provider_is_retried_with_growing_jittered_backoff(
