@@ -57,9 +57,11 @@ COPY --chown=${APP_UID}:${APP_UID} speech/ ./speech/
 RUN python -m livekit.agents download-files \
     && python -m compileall -q -x '/\.venv/' .
 
-# The worker's health endpoint (livekit-agents serves it on 8081 in production mode).
+# The worker's health endpoint: livekit-agents serves it on AGENT_HTTP_PORT (8081 unless set). The check
+# reads the same variable from the container's environment (`docker run -e AGENT_HTTP_PORT=9000 ...`);
+# a port set only in a .env file inside the image would not reach it.
 EXPOSE 8081
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
-    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8081/', timeout=4)"]
+    CMD ["python", "-c", "import os, urllib.request; port = os.environ.get('AGENT_HTTP_PORT') or '8081'; urllib.request.urlopen(f'http://127.0.0.1:{port}/', timeout=4)"]
 
 CMD ["python", "agent.py", "start"]

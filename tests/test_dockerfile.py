@@ -7,6 +7,7 @@ against the repository, the uv lock file and the .dockerignore rules Docker woul
 from __future__ import annotations
 
 import ast
+import http.server
 import io
 import json
 import os
@@ -15,6 +16,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import threading
 import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -303,6 +305,51 @@ def test_download_files_runs_at_build_time_after_dependencies(recipe: Recipe) ->
 def test_exposes_the_worker_health_port(recipe: Recipe) -> None:
     exposed = [port.split("/")[0] for i in recipe.of("EXPOSE") for port in i.value.split()]
     assert HEALTH_PORT in exposed
+
+
+def _health_check_command(recipe: Recipe) -> list[str]:
+    (check,) = recipe.of("HEALTHCHECK")
+    _, rest = _strip_flags(check.value)
+    keyword, _, command = rest.partition(" ")
+    assert keyword == "CMD" and command.lstrip().startswith("["), "exec form, no shell"
+    return list(json.loads(command))
+
+
+def _run_health_check(command: list[str], env: dict[str, str]) -> int:
+    assert command[0] == "python"  # the image's venv Python; ours stands in for it
+    return subprocess.run(  # noqa: S603 - the Dockerfile's own check
+        [sys.executable, *command[1:]], env=env, capture_output=True, timeout=30, check=False
+    ).returncode
+
+
+class _Health(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.server.asked = True  # type: ignore[attr-defined]
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b"OK")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_the_health_check_asks_the_port_the_worker_serves_on(recipe: Recipe) -> None:
+    """AGENT_HTTP_PORT moves the worker's health server: the check follows it (8081 unless set)."""
+    command = _health_check_command(recipe)
+    server = http.server.HTTPServer(("127.0.0.1", 0), _Health)
+    server.asked = False  # type: ignore[attr-defined]
+    port = server.server_address[1]
+    serving = threading.Thread(target=server.serve_forever, daemon=True)
+    serving.start()
+    try:
+        assert _run_health_check(command, {"AGENT_HTTP_PORT": str(port)}) == 0
+        assert server.asked  # type: ignore[attr-defined]
+    finally:
+        server.shutdown()
+        server.server_close()
+    # nothing listens there any more: unhealthy
+    assert _run_health_check(command, {"AGENT_HTTP_PORT": str(port)}) != 0
+    assert "8081" in command[-1]  # the worker's own default, when the variable is not set
 
 
 def test_cmd_starts_the_worker_in_exec_form(recipe: Recipe) -> None:

@@ -153,7 +153,9 @@ def test_starts_the_worker_in_exec_form_with_its_health_check(image: MountedImag
     assert "8081/tcp" in image.config.exposed_ports
     # Docker's image format keeps HEALTHCHECK; an OCI-format build would have dropped it silently.
     assert image.config.healthcheck[:2] == ["CMD", "python"]
-    assert "127.0.0.1:8081" in image.config.healthcheck[-1]
+    # it asks the port the worker serves on (tests/test_dockerfile.py runs it against a server)
+    assert "AGENT_HTTP_PORT" in image.config.healthcheck[-1]
+    assert "'8081'" in image.config.healthcheck[-1]
 
 
 def test_holds_the_runtime_dependencies_only(image: MountedImage) -> None:
