@@ -1,9 +1,12 @@
 """A LiveKit voice agent with a video avatar.
 
-    python agent.py dev             # local development, reloads on change
+    python agent.py dev             # local development: debug logs, no CPU load limit
     python agent.py start           # production worker (LiveKit Cloud or self-hosted)
     python agent.py console         # talk to the agent in this terminal (no room, no avatar)
-    python agent.py download-files  # fetch model files ahead of time (Docker build)
+    python -m livekit.agents download-files  # fetch model files ahead of time (Docker build)
+
+`dev` does not restart on file changes: livekit-agents 1.8.9 removed that from the Python CLI and
+marks `dev` deprecated (it logs both when it starts); restart it after an edit.
 
 Every room job: the avatar's start and the conversation begin together, the agent's speech waits
 for the avatar's video (or goes out in the agent's own voice when there is no avatar), and the job,
