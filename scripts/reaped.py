@@ -103,11 +103,23 @@ def main(argv: list[str]) -> int:
     become_subreaper()
     # Ctrl-C reaches the whole foreground process group: the command handles it; this waits for it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    status = subprocess.call(argv)  # noqa: S603 - the caller's own command
+    command = subprocess.Popen(argv)  # noqa: S603 - the caller's own command
+    status = wait_reaping(command.pid)
+    command.returncode = status  # already collected here
     if status >= 0:
         return status
     stop_leftovers()
     return 128 - status
+
+
+def wait_reaping(pid: int) -> int:
+    """Wait for `pid`'s exit status, collecting every adopted process that ends meanwhile: one left
+    a zombie would look alive to whoever waits for it to be gone (a test of a killed worker's
+    helper process, say)."""
+    while True:
+        ended, status = os.waitpid(-1, 0)
+        if ended == pid:
+            return os.waitstatus_to_exitcode(status)
 
 
 if __name__ == "__main__":

@@ -133,3 +133,33 @@ def test_reaped_passes_the_commands_status_on(tmp_path: Path) -> None:
     started = time.monotonic()
     assert run("/bin/sh", "-c", "exit 0") == 0
     assert time.monotonic() - started < 10
+
+
+ORPHAN_CHECK = """
+import os, subprocess, sys, time
+launcher = 'import subprocess, sys; print(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.5)"], start_new_session=True).pid)'
+orphan = int(subprocess.run([sys.executable, '-c', launcher], capture_output=True, text=True).stdout)
+deadline = time.monotonic() + 20
+while os.path.exists(f'/proc/{orphan}') and time.monotonic() < deadline:
+    time.sleep(0.05)
+sys.exit(0 if not os.path.exists(f'/proc/{orphan}') else 1)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_an_orphan_that_ends_during_the_run_is_reaped_at_once() -> None:
+    """Adopted processes that exit are collected while the command runs: a test waiting for a
+    killed worker's helper to be gone must not see a zombie of ours."""
+    result = subprocess.run(  # noqa: S603 - our own script
+        [
+            sys.executable,
+            str(REPO_ROOT / "scripts" / "reaped.py"),
+            sys.executable,
+            "-c",
+            ORPHAN_CHECK,
+        ],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
