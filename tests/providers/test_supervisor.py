@@ -426,21 +426,24 @@ async def test_an_end_as_the_avatar_shows_its_video_never_routes_speech_again(
     assert emulator.active_sessions == ()
 
 
-async def test_an_end_whose_other_steps_hang_still_ends_every_session_and_returns(
-    harness: Harness, lemonslice: tuple[LemonSliceEmulator, LocalAvatarLauncher]
+@pytest.mark.parametrize("fault", ["hangs", "raises"])
+async def test_an_end_whose_other_steps_fail_still_ends_every_session_and_returns(
+    harness: Harness, lemonslice: tuple[LemonSliceEmulator, LocalAvatarLauncher], fault: str
 ) -> None:
-    """Ending the provider's sessions comes first; a step after it that hangs (here the provider's
-    HTTP pool) is cut off, so the job's end returns."""
+    """Ending the provider's sessions comes first; a step of the end that hangs or raises (here
+    closing the provider's HTTP pool) is cut off or reported, so the job's end returns."""
     emulator, _ = lemonslice
     settings = harness.settings("lemonslice", emulator)
     http_session = provider_http_session(None)
-    hung = asyncio.Event()
+    reached = asyncio.Event()
 
-    async def close_that_hangs() -> None:
-        hung.set()
+    async def close_that_fails() -> None:
+        reached.set()
+        if fault == "raises":
+            raise RuntimeError("the pool would not close")
         await asyncio.Event().wait()
 
-    setup = dataclasses.replace(provider_setup(settings, http_session), aclose=close_that_hangs)
+    setup = dataclasses.replace(provider_setup(settings, http_session), aclose=close_that_fails)
     timeline = JobTimeline(room=harness.room.name, provider="lemonslice")
     timeline.add_metrics_sink(harness.log)
     supervisor = AvatarSupervisor(
@@ -457,7 +460,7 @@ async def test_an_end_whose_other_steps_hang_still_ends_every_session_and_return
         started = time.monotonic()
         await asyncio.wait_for(supervisor.aclose(), 15)
         assert time.monotonic() - started < 10
-        assert hung.is_set()
+        assert reached.is_set()
         assert emulator.active_sessions == ()
         assert [e.event for e in harness.log.events][-1] == "ended"
     finally:
