@@ -58,10 +58,12 @@ def test_each_event_sets_the_status_a_frontend_needs(
     assert status_of(lifecycle) == status
 
 
+@pytest.mark.parametrize("changed_meanwhile", [False, True], ids=["same", "newer"])
 async def test_a_status_the_server_refused_is_sent_again_until_it_is_taken(
-    livekit_server: LiveKitServer,
+    livekit_server: LiveKitServer, changed_meanwhile: bool
 ) -> None:
-    """A failed `set_attributes` is retried (the latest status), not left until the next change."""
+    """A failed `set_attributes` is retried, not left until the next change; when the status
+    changed meanwhile, the latest one is what is sent."""
     room_name = f"status-{uuid.uuid4().hex[:8]}"
     agent = await connect_participant(
         livekit_server,
@@ -72,12 +74,13 @@ async def test_a_status_the_server_refused_is_sent_again_until_it_is_taken(
     )
     user = await connect_participant(livekit_server, room_name, "status-user")
     status = AvatarStatusAttributes(agent, _connected)
+    expected = ("lost", "stopped its video") if changed_meanwhile else ("unavailable", "no plan")
     seen = asyncio.Event()
     refusals = Refusals()
     logging.getLogger("avatar.status").addHandler(refusals)
 
     def on_attributes(changed: dict[str, str], participant: rtc.Participant) -> None:
-        if participant.attributes.get(STATUS_ATTRIBUTE) == "unavailable":
+        if participant.attributes.get(STATUS_ATTRIBUTE) == expected[0]:
             seen.set()
 
     user.on("participant_attributes_changed", on_attributes)
@@ -93,8 +96,10 @@ async def test_a_status_the_server_refused_is_sent_again_until_it_is_taken(
             )
             await _permission_arrived(agent, can_update_metadata=False)
             status(event("starting", attempt=0))
-            status(event("failed", attempt=0, reason="PaymentRequiredError: 402"))
+            status(event("failed", attempt=0, reason="no plan"))
             await asyncio.wait_for(refusals.first.wait(), 10)  # the server refused it once
+            if changed_meanwhile:
+                status(event("left", reason="stopped its video"))
             assert not seen.is_set()
             allowed = api.ParticipantPermission(
                 can_subscribe=True,
@@ -109,7 +114,7 @@ async def test_a_status_the_server_refused_is_sent_again_until_it_is_taken(
             )
         await asyncio.wait_for(seen.wait(), 15)
         attributes = user.remote_participants["status-agent"].attributes
-        assert attributes[REASON_ATTRIBUTE] == "PaymentRequiredError: 402"
+        assert attributes[REASON_ATTRIBUTE] == expected[1]
     finally:
         logging.getLogger("avatar.status").removeHandler(refusals)
         user.off("participant_attributes_changed", on_attributes)
