@@ -27,6 +27,7 @@ from livekit.agents import AgentServer, AutoSubscribe, JobContext, JobProcess, c
 from config import ConfigError, Settings, get_settings
 from providers.lifecycle import JobTimeline
 from providers.registry import avatar_for_job, provider_api_url
+from providers.room_connect import connect_once
 from providers.supervisor import AvatarSupervisor, JobRoom
 from providers.warmup import ResolvedHost, resolve_provider_host
 from speech.pipeline import VoicePipeline, build_voice
@@ -48,8 +49,12 @@ async def run_job(ctx: JobContext, settings: Settings, voice: VoicePipeline) -> 
     ctx.log_context_fields = {"room": room_name, "avatar_provider": settings.provider}
     session = voice.create_session()
     # The agent hears the people in the room; the avatar's media is for them, not for the agent.
-    connect_room = connect_to_people(
-        ctx.room, functools.partial(ctx.connect, auto_subscribe=AutoSubscribe.SUBSCRIBE_NONE)
+    # One connect for the job and the avatar; the entrypoint cancelled during it (the job shut
+    # down) stops waiting for it, never cancels it half-way (providers/room_connect.py).
+    connect_room = connect_once(
+        connect_to_people(
+            ctx.room, functools.partial(ctx.connect, auto_subscribe=AutoSubscribe.SUBSCRIBE_NONE)
+        )
     )
 
     # The avatar's provider call needs the room's name and SID and the agent's identity, all in

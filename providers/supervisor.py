@@ -9,33 +9,37 @@
   avatar when its video is up.
 - Guard: an avatar we minted a token for that is not the one we expect (late after a fallback, the
   orphan of a create whose reply was lost, an old one coming back) is removed when it joins, for
-  as long as the tokens we minted live.
+  the whole job (providers/avatar_guard.py).
 - End: on every exit path (the room going away, the session closing, the job shutting down) every
-  session is ended where the provider can, and every avatar participant removed. A create still in
-  flight is waited for, so the session it made is ended too.
+  session is ended where the provider can, and every avatar participant removed
+  (providers/reaper.py). That comes first; what else the end does is bounded in time.
+
+Its state is one value (`AvatarState`); once it is `ending`, nothing routes speech, recovers or
+restarts: every callback does nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import enum
 import logging
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
-from livekit import api, rtc
+from livekit import rtc
 from livekit.agents import AgentSession, utils
 from livekit.agents.voice.avatar import DataStreamAudioOutput
 from livekit.agents.voice.events import MetricsCollectedEvent
-from livekit.agents.voice.room_io import ATTRIBUTE_PUBLISH_ON_BEHALF
 from livekit.agents.voice.room_io.types import DEFAULT_CLOSE_ON_DISCONNECT_REASONS
 
+from .avatar_guard import AvatarGuard
 from .errors import AvatarJoinTimeoutError
 from .lifecycle import AvatarLifecycleMetrics, JobTimeline
+from .reaper import SessionReaper
 from .retry import RetryPolicy
+from .room_connect import connect_once
 from .session import (
     AvatarOptions,
     LiveKitCredentials,
@@ -45,15 +49,19 @@ from .session import (
 )
 from .speech_router import SinkKind, SpeechRouter
 from .status import AvatarStatusAttributes
-from .token import AvatarTokenRequest, mint_avatar_token
 
 logger = logging.getLogger("avatar.supervisor")
 
 # Restarts wait 0.25-0.5 s, then 0.5-1 s, ... (equal jitter), at most 8 s.
 RESTART_BACKOFF = RetryPolicy(base_delay=0.5, max_delay=8.0)
-# At the job's end, how long to wait for the avatar of a session that cannot be stopped (it ends
-# only when its participant is removed) and has not joined yet.
-STRAGGLER_WAIT = 10.0
+
+
+class AvatarState(enum.Enum):
+    STARTING = "starting"  # the first provider session is starting; speech is held
+    LIVE = "live"  # an avatar is in the room with video; speech goes to it
+    LOST = "lost"  # no avatar (it failed or left); the agent speaks in its own voice
+    RESTARTING = "restarting"  # a new provider session is starting; the agent speaks meanwhile
+    ENDING = "ending"  # the job is ending: nothing routes, recovers or restarts any more
 
 
 @dataclass(frozen=True)
@@ -95,10 +103,8 @@ class AvatarSupervisor:
         self._job = job
         self._provider = provider
         self._options = provider.options
-        self._livekit = livekit
         self._timeline = timeline
-        self._connect = connect
-        self._connecting: asyncio.Future[None] | None = None
+        self._connected = connect_once(connect)
         self._rng = rng or random.Random()
         self.router = SpeechRouter(
             room,
@@ -109,26 +115,46 @@ class AvatarSupervisor:
             on_unconfirmed=self._on_unconfirmed,
             on_first_audio=self._on_first_audio,
         )
-        self._sessions: list[ProviderAvatarSession] = []
-        self._ending_sessions: dict[ProviderAvatarSession, asyncio.Task[None]] = {}
-        self._live: ProviderAvatarSession | None = None  # joined, speech goes to it
-        self._expected: str | None = None  # the identity whose join we wait for or have
-        self._minted: set[str] = set()
-        self._guard_until = 0.0  # loop time: when the last token we minted expires
-        self._removed: dict[str, asyncio.Event] = {}  # set once that identity was removed
-        self._seen: set[str] = set()  # identities that have been in the room
-        self._removing: set[str] = set()
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._lost = asyncio.Event()
+        self.guard = AvatarGuard(
+            room,
+            room_name=job.name,
+            agent_identity=job.agent_identity,
+            options=self._options,
+            livekit=livekit,
+            timeline=timeline,
+        )
+        self._reaper = SessionReaper(
+            guard=self.guard, timeline=timeline, join_timeout=self._options.join_timeout
+        )
+        self._state = AvatarState.STARTING
+        self._state_changed = asyncio.Event()
+        self._avatar: ProviderAvatarSession | None = None  # starting, or live (speech goes to it)
         self._left_at: float | None = None
         self._run_task: asyncio.Task[None] | None = None
         self._closing: asyncio.Task[None] | None = None
-        self._unended: list[str] = []
         self._listening = False
         self._session: AgentSession[Any] | None = None
-        self._scan: asyncio.Task[None] | None = None
         self.status = AvatarStatusAttributes(room, self._connected)
         timeline.add_metrics_sink(self.status)
+
+    @property
+    def state(self) -> AvatarState:
+        return self._state
+
+    def _enter(self, state: AvatarState) -> None:
+        if self._state is AvatarState.ENDING:
+            return  # the end is final
+        self._state = state
+        self._state_changed.set()
+
+    async def _until(self, state: AvatarState) -> None:
+        while self._state is not state:
+            self._state_changed.clear()
+            await self._state_changed.wait()
+
+    @property
+    def _ending(self) -> bool:
+        return self._state is AvatarState.ENDING
 
     # -- the job's side ------------------------------------------------------------------------
 
@@ -151,15 +177,21 @@ class AvatarSupervisor:
         if self._run_task is not None:
             raise RuntimeError("the avatar supervisor starts once")
         self._listen(True)
+        self.guard.watch(self._connected)
         self._run_task = asyncio.create_task(self._run(), name="avatar-supervisor")
 
     def begin_end(self) -> None:
         """Start ending every provider session now (the room or the session is going away)."""
-        if self._closing is None:
-            # From now on nothing is "the avatar": its departure is no loss to recover from.
-            self._live = None
-            self._expected = None
-            self._closing = asyncio.create_task(self._end_all(), name="avatar-end")
+        if self._closing is not None:
+            return
+        # From now on nothing is "the avatar": its departure is no loss to recover from, and no
+        # avatar is wanted in the room.
+        self._enter(AvatarState.ENDING)
+        self._avatar = None
+        self.guard.expect(None)
+        if self._run_task is not None:
+            self._run_task.cancel()
+        self._closing = asyncio.create_task(self._end_all(), name="avatar-end")
 
     async def aclose(self) -> None:
         """End every provider session and remove every avatar; returns when that is done."""
@@ -170,13 +202,11 @@ class AvatarSupervisor:
     # -- start, watch, recover -----------------------------------------------------------------
 
     async def _run(self) -> None:
-        self._scan = asyncio.create_task(self._scan_once_connected(), name="avatar-guard-scan")
         if not await self._attempt(0):
             return
         restarts = 0
         while True:
-            await self._lost.wait()
-            self._lost.clear()
+            await self._until(AvatarState.LOST)
             while True:
                 if restarts >= self._options.max_restarts:
                     self._timeline.event(
@@ -187,14 +217,14 @@ class AvatarSupervisor:
                     )
                     return
                 await asyncio.sleep(RESTART_BACKOFF.backoff(restarts, self._rng))
-                if self._closing is not None or not self._room.isconnected():
+                if self._ending or not self._room.isconnected():
                     return  # the avatar went with the room (deleted, or the agent disconnected)
                 restarts += 1
                 if await self._attempt(restarts):
                     self._timeline.event(
                         "recovered",
                         attempt=restarts,
-                        provider_session_id=self._live.session_id if self._live else None,
+                        provider_session_id=self._avatar.session_id if self._avatar else None,
                         timings=self._outage(),
                     )
                     break
@@ -204,23 +234,24 @@ class AvatarSupervisor:
             return {}
         return {"outage": round(self._timeline.now() - self._left_at, 3)}
 
-    def _identity(self, attempt: int) -> str:
-        base = self._options.identity
-        return base if attempt == 0 else f"{base}-{attempt}"
-
     async def _attempt(self, attempt: int) -> bool:
         """Start one provider session and wait for its avatar's video; True when speech goes to it."""
-        identity = self._identity(attempt)
-        session = self._provider.new_session(identity, self._options)
-        self._sessions.append(session)
-        self._expected = identity
+        if self._ending:
+            return False
         first = attempt == 0
+        identity = self.guard.identity_for(attempt)
         started_at = self._timeline.now()
+        self._enter(AvatarState.STARTING if first else AvatarState.RESTARTING)
+        self.guard.expect(identity)
         self._timeline.event("starting", attempt=attempt, identity=identity)
+        session: ProviderAvatarSession | None = None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._options.start_timeout
         try:
-            token = self._mint(identity)
+            session = self._provider.new_session(identity, self._options)
+            self._reaper.add(session)
+            self._avatar = session
+            token = self.guard.mint(identity)
             if first:
                 self._timeline.mark("token_minted")
             request = ProviderStartRequest(
@@ -245,12 +276,14 @@ class AvatarSupervisor:
         except Exception as error:
             self._give_up(session, attempt, error, started_at)
             return False
+        if self._ending:
+            # The job's end began while this avatar's video was on its way: it is not to be used.
+            return False
         if identity not in self._room.remote_participants:
             # It left between showing its video and now: that is a failure of this start.
             self._give_up(session, attempt, RuntimeError("left right after joining"), started_at)
             return False
-        self._live = session
-        self._seen.add(identity)
+        self._enter(AvatarState.LIVE)
         self.router.to_avatar(
             DataStreamAudioOutput(
                 self._room,
@@ -277,22 +310,6 @@ class AvatarSupervisor:
         )
         return True
 
-    def _mint(self, identity: str) -> str:
-        token = mint_avatar_token(
-            AvatarTokenRequest(
-                room_name=self._job.name,
-                avatar_identity=identity,
-                agent_identity=self._job.agent_identity,
-                ttl=self._options.token_ttl,
-            ),
-            api_key=self._livekit.api_key,
-            api_secret=self._livekit.api_secret,
-        )
-        self._minted.add(identity)
-        expires = asyncio.get_running_loop().time() + self._options.token_ttl.total_seconds()
-        self._guard_until = max(self._guard_until, expires)
-        return token
-
     async def _wait_for_video(self, identity: str) -> None:
         limit = self._options.join_timeout
         try:
@@ -305,10 +322,18 @@ class AvatarSupervisor:
             raise AvatarJoinTimeoutError(self._provider.name, identity, limit) from None
 
     def _give_up(
-        self, session: ProviderAvatarSession, attempt: int, error: Exception, started_at: float
+        self,
+        session: ProviderAvatarSession | None,
+        attempt: int,
+        error: Exception,
+        started_at: float,
     ) -> None:
         """This start failed: speak without it, end what it may have started, guard its identity."""
-        self._expected = None
+        if self._ending:
+            return  # the end takes care of the session; nothing is routed any more
+        self._avatar = None
+        self.guard.expect(None)
+        self._enter(AvatarState.LOST)
         if attempt == 0:
             self.router.to_own_voice()
             self._timeline.avatar_settled()
@@ -316,14 +341,15 @@ class AvatarSupervisor:
             "failed",
             level=logging.ERROR,
             attempt=attempt,
-            provider_session_id=session.session_id,
+            provider_session_id=session.session_id if session else None,
             reason=describe(error),
             error_type=type(error).__name__,
             possible_orphans=self._provider.possible_orphans(),
             timings={"after": round(self._timeline.now() - started_at, 3)},
         )
-        self._end_soon(session)
-        self._remove_strays()
+        if session is not None:
+            self._reaper.end_soon(session)
+        self.guard.remove_strays()
 
     # -- watchdog ------------------------------------------------------------------------------
 
@@ -332,19 +358,23 @@ class AvatarSupervisor:
             return
         self._listening = on
         method = self._room.on if on else self._room.off
-        method("participant_connected", self._on_participant_connected)
-        method("participant_attributes_changed", self._on_attributes_changed)
         method("participant_disconnected", self._on_participant_disconnected)
         method("track_unpublished", self._on_track_unpublished)
         method("disconnected", self._on_room_disconnected)
-        method("reconnected", self._on_room_connected)
+
+    def _live_identity(self) -> str | None:
+        if self._state is AvatarState.LIVE and self._avatar is not None:
+            return self._avatar.identity
+        return None
 
     def _on_participant_disconnected(self, participant: rtc.RemoteParticipant) -> None:
+        if self._ending:
+            return
         if self._ends_the_conversation(participant):
             # The session closes on this too, but only after its own teardown: do not wait for it.
             self.begin_end()
             return
-        if self._live is not None and participant.identity == self._live.identity:
+        if participant.identity == self._live_identity():
             reason = rtc.DisconnectReason.Name(
                 participant.disconnect_reason or rtc.DisconnectReason.UNKNOWN_REASON
             )
@@ -354,46 +384,31 @@ class AvatarSupervisor:
         self, publication: rtc.RemoteTrackPublication, participant: rtc.RemoteParticipant
     ) -> None:
         if (
-            self._live is not None
-            and participant.identity == self._live.identity
+            participant.identity == self._live_identity()
             and publication.kind == rtc.TrackKind.KIND_VIDEO
         ):
             self._avatar_lost("stopped its video")
 
     def _on_sink_failed(self, kind: SinkKind, error: BaseException) -> None:
-        if kind == "avatar" and self._live is not None:
+        if kind == "avatar" and self._live_identity() is not None:
             self._avatar_lost(f"speech to it failed ({describe(error)})")
 
     def _on_unconfirmed(self, kind: SinkKind, duration: float) -> None:
+        if self._ending:
+            return
         self._timeline.event(
             "unconfirmed",
             level=logging.WARNING,
-            provider_session_id=self._live.session_id if self._live else None,
+            provider_session_id=self._avatar.session_id if self._avatar else None,
             reason=f"the {kind} did not confirm an utterance of {duration:.1f}s",
         )
 
     def _on_first_audio(self, kind: SinkKind) -> None:
-        if kind == "avatar":
+        if kind == "avatar" and not self._ending:
             self._timeline.mark("first_audio_to_avatar")
 
     def _on_room_disconnected(self, *_: object) -> None:
         self.begin_end()
-
-    def _on_room_connected(self, *_: object) -> None:
-        # Participants already in the room raise no event of their own: a stray among them too.
-        self._remove_strays()
-
-    async def _connected(self) -> None:
-        """Wait for the room to be connected. A waiter that gives up (the job ending) never cancels
-        the connect itself: livekit's Room.connect cancelled half-way leaves its native side waiting
-        for an answer it never gets, and that takes the process down."""
-        if self._connecting is None:
-            self._connecting = asyncio.ensure_future(self._connect())
-        await asyncio.shield(self._connecting)
-
-    async def _scan_once_connected(self) -> None:
-        await self._connected()
-        self._remove_strays()
 
     def _ends_the_conversation(self, participant: rtc.RemoteParticipant) -> bool:
         """The user RoomIO talks with left for good: the session will close (as RoomIO does)."""
@@ -410,8 +425,11 @@ class AvatarSupervisor:
         )
 
     def _avatar_lost(self, reason: str) -> None:
-        session, self._live = self._live, None
-        self._expected = None
+        if self._state is not AvatarState.LIVE:
+            return  # only a live avatar can be lost (and nothing is, once the job is ending)
+        session, self._avatar = self._avatar, None
+        self.guard.expect(None)
+        self._enter(AvatarState.LOST)
         self.router.to_own_voice()  # first: the user must not wait on anything else
         self._left_at = self._timeline.now()
         self._timeline.event(
@@ -421,144 +439,59 @@ class AvatarSupervisor:
             reason=reason,
         )
         if session is not None:
-            self._end_soon(session)
-        self._lost.set()
+            self._reaper.end_soon(session)
 
-    # -- guard: no avatar we gave up on stays ---------------------------------------------------
-
-    def _on_participant_connected(self, participant: rtc.RemoteParticipant) -> None:
-        self._seen.add(participant.identity)
-        self._check_stray(participant)
-
-    def _on_attributes_changed(self, changed: dict[str, str], participant: rtc.Participant) -> None:
-        if isinstance(participant, rtc.RemoteParticipant):
-            self._check_stray(participant)
-
-    def _remove_strays(self) -> None:
-        for participant in list(self._room.remote_participants.values()):
-            self._seen.add(participant.identity)
-            self._check_stray(participant)
-
-    def _check_stray(self, participant: rtc.RemoteParticipant) -> None:
-        identity = participant.identity
-        ours = identity in self._minted or (
-            participant.attributes.get(ATTRIBUTE_PUBLISH_ON_BEHALF) == self._job.agent_identity
-        )
-        if not ours or identity == self._expected or identity in self._removing:
-            return
-        if asyncio.get_running_loop().time() > self._guard_until:
-            return  # no token of ours can still let it in: not one of ours
-        self._removing.add(identity)
-        self._spawn(self._remove_stray(identity), f"remove-{identity}")
-
-    async def _remove_stray(self, identity: str) -> None:
-        try:
-            if await self._remove_participant(identity):
-                self._timeline.event(
-                    "removed",
-                    level=logging.WARNING,
-                    reason=f"{identity} joined after its session was given up",
-                    identity=identity,
-                )
-        finally:
-            self._removing.discard(identity)
-
-    # -- ending sessions -----------------------------------------------------------------------
-
-    def _end_soon(self, session: ProviderAvatarSession) -> None:
-        if session not in self._ending_sessions:
-            self._ending_sessions[session] = self._spawn(self._end(session), "avatar-session-end")
-
-    async def _end(self, session: ProviderAvatarSession) -> None:
-        outcome = await session.stop()
-        if outcome.unended:
-            self._unended.append(f"{session.provider} {outcome.session_id}: {outcome.unended}")
-        if await self._remove_participant(session.identity):
-            self._timeline.event(
-                "removed",
-                provider_session_id=session.session_id,
-                reason=f"{session.identity} removed as its session ended",
-                identity=session.identity,
-            )
+    # -- the end -------------------------------------------------------------------------------
 
     async def _end_all(self) -> None:
         started = self._timeline.now()
+        # First, whatever happens next: every provider session is being ended (and any the start
+        # still makes will be, at once).
+        self._reaper.end_all_soon()
+        try:
+            # The conversation is over: no more speech to any avatar and no agent track. Bounded:
+            # unpublishing goes through the native client, which has no timeout of its own.
+            await asyncio.gather(
+                self._bounded("the avatar's start", self._stopped_running()),
+                self._bounded("the speech router", self.router.aclose()),
+            )
+        finally:
+            await self._reaper.wait_ended()
+            self._listen(False)
+            await self.guard.aclose()  # the removals under way (each bounded)
+            await self._bounded("the avatar status", self.status.aclose())
+            if self._provider.aclose is not None:
+                await self._bounded("the provider's HTTP session", self._provider.aclose())
+            self._report_end(started)
+
+    async def _stopped_running(self) -> None:
         if self._run_task is not None:
             await utils.aio.cancel_and_wait(self._run_task)
-        if self._scan is not None:
-            await utils.aio.cancel_and_wait(self._scan)
-        # The conversation is over: no more speech to any avatar (the session's own teardown
-        # would otherwise clear an avatar that is being removed) and no agent track.
-        await self.router.aclose()
-        for session in self._sessions:
-            self._end_soon(session)
-        await asyncio.gather(*self._ending_sessions.values(), return_exceptions=True)
-        await self._wait_for_stragglers()
-        self._listen(False)
-        await asyncio.gather(*self._tasks, return_exceptions=True)  # removals under way
-        await self.status.aclose()
-        if self._provider.aclose is not None:
-            await self._provider.aclose()
+
+    async def _bounded(self, what: str, work: Awaitable[None]) -> None:
+        """A step of the end that is not ending a session: it may fail or hang, never hold it up."""
+        limit = self._options.stop_timeout
+        try:
+            async with asyncio.timeout(limit):
+                await work
+        except TimeoutError:
+            logger.warning("closing %s took over %.1fs: left behind", what, limit)
+        except Exception:
+            logger.exception("closing %s failed", what)
+
+    def _report_end(self, started: float) -> None:
+        unended = self._reaper.unended
         self._timeline.report_startup()
         self._timeline.event(
             "ended",
-            level=logging.WARNING if self._unended else logging.INFO,
-            reason="; ".join(self._unended) or None,
-            sessions=len(self._sessions),
-            possible_orphans=self._provider.possible_orphans() + len(self._unended),
+            level=logging.WARNING if unended else logging.INFO,
+            reason="; ".join(unended) or None,
+            sessions=self._reaper.sessions,
+            possible_orphans=self._provider.possible_orphans() + len(unended),
             timings={"ended_in": round(self._timeline.now() - started, 3)},
         )
         logger.info(
             "%s avatar session closed",
             self._provider.name,
-            extra={"provider": self._provider.name, "sessions": len(self._sessions)},
+            extra={"provider": self._provider.name, "sessions": self._reaper.sessions},
         )
-
-    async def _wait_for_stragglers(self) -> None:
-        """A session that only ends with its participant, whose avatar has not joined yet: wait
-        (bounded) for it to join, so the guard can remove it before the job lets go of the room."""
-        self._seen.update(self._room.remote_participants)
-        events = [
-            self._removed_event(s.identity)
-            for s in self._sessions
-            if s.created and not s.can_stop and s.identity not in self._seen
-        ]
-        events = [event for event in events if not event.is_set()]
-        if not events or not self._room.isconnected():
-            return
-        limit = min(self._options.join_timeout, STRAGGLER_WAIT)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(limit):
-                await asyncio.gather(*(event.wait() for event in events))
-
-    async def _remove_participant(self, identity: str) -> bool:
-        """Remove `identity` from the room with our own credentials; True if it was there."""
-        try:
-            async with (
-                asyncio.timeout(self._options.stop_timeout),
-                api.LiveKitAPI(
-                    self._livekit.url, self._livekit.api_key, self._livekit.api_secret
-                ) as livekit_api,
-            ):
-                await livekit_api.room.remove_participant(
-                    api.RoomParticipantIdentity(room=self._job.name, identity=identity)
-                )
-        except api.TwirpError as error:
-            if error.code != "not_found":
-                logger.warning("could not remove the avatar %s: %s", identity, error.message)
-            return False
-        except (TimeoutError, OSError, aiohttp.ClientError) as error:
-            logger.warning("could not remove the avatar %s: %s", identity, describe(error))
-            return False
-        self._removed_event(identity).set()
-        return True
-
-    def _removed_event(self, identity: str) -> asyncio.Event:
-        return self._removed.setdefault(identity, asyncio.Event())
-
-    def _spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task[Any]:
-        task = asyncio.ensure_future(coro)
-        task.set_name(name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task

@@ -9,11 +9,17 @@ import os
 import re
 import signal
 import sys
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import psutil
 import pytest
+from livekit import rtc
+
+from providers.room_connect import connect_once
+from tests.support.held_door import HeldDoor
+from tests.support.livekit_server import LiveKitServer, mint_token
 
 AGENT = Path(__file__).resolve().parent.parent / "agent.py"
 SECRET = "livekit-secret-value-that-must-not-leak"
@@ -193,3 +199,29 @@ async def test_dev_does_not_reload_and_no_document_says_it_does(
     for document in (AGENT, AGENT.parent / "README.md"):
         claim = RELOAD_CLAIM.search(document.read_text())
         assert claim is None, f"{document.name} says {claim.group(0)!r}"
+
+
+async def test_a_job_given_up_during_a_slow_connect_never_cancels_the_connect(
+    livekit_server: LiveKitServer,
+) -> None:
+    """The framework cancels a job's entrypoint while the room is still connecting: the job stops
+    waiting, the connect itself runs to its end (python-sdks #813: a connect cancelled half-way
+    takes the process down). The job and its avatar share that one connect."""
+    room = rtc.Room()
+    token = mint_token(livekit_server, "agent-slow-connect", f"slow-{uuid.uuid4().hex[:8]}")
+    async with HeldDoor(livekit_server.http_port) as door:
+        connect = connect_once(lambda: room.connect(door.ws_url, token))
+        job = asyncio.ensure_future(asyncio.gather(connect(), connect()))  # the job, its avatar
+        try:
+            await asyncio.wait_for(door.knocked.wait(), 20)
+            job.cancel()  # the job is shut down mid-connect
+            with pytest.raises(asyncio.CancelledError):
+                await job
+            assert not room.isconnected()
+
+            door.open()
+            await asyncio.wait_for(connect(), 20)  # the connect that was under way, not a new one
+            assert room.isconnected()
+            assert door.connections == 1
+        finally:
+            await room.disconnect()

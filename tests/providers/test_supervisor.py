@@ -450,3 +450,146 @@ def _closed_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
     return port
+
+
+async def test_an_end_as_the_avatar_shows_its_video_never_routes_speech_again(
+    harness: Harness, lemonslice: tuple[LemonSliceEmulator, LocalAvatarLauncher]
+) -> None:
+    """The job ends in the very loop turn the avatar's video arrives: nothing goes to that avatar,
+    and its removal is no loss to recover from (no own track published after the end)."""
+    emulator, _ = lemonslice
+    supervisor = harness.start(harness.settings("lemonslice", emulator))
+    loop = asyncio.get_running_loop()
+    ended: list[int] = []
+    end_begun = asyncio.Event()
+
+    def end_as_the_video_arrives(
+        publication: rtc.RemoteTrackPublication, participant: rtc.RemoteParticipant
+    ) -> None:
+        if (
+            participant.identity == "lemonslice-avatar-agent"
+            and publication.kind == rtc.TrackKind.KIND_VIDEO
+            and not ended
+        ):
+            # Queued now, it runs before the supervisor's own wait on this publication resumes.
+            ended.append(len(harness.log.events))
+            loop.call_soon(supervisor.begin_end)
+            end_begun.set()
+
+    harness.room.on("track_published", end_as_the_video_arrives)
+    try:
+        await asyncio.wait_for(end_begun.wait(), 20)
+        await asyncio.wait_for(supervisor.aclose(), 20)
+    finally:
+        harness.room.off("track_published", end_as_the_video_arrives)
+    after_the_end = [e.event for e in harness.log.events[ended[0] :]]
+    assert "joined" not in after_the_end and "left" not in after_the_end, after_the_end
+    assert route(supervisor) == "held"
+    assert not harness.room.local_participant.track_publications  # no own track left behind
+    assert emulator.active_sessions == ()
+
+
+@pytest.mark.parametrize("fault", ["hangs", "raises"])
+async def test_an_end_whose_other_steps_fail_still_ends_every_session_and_returns(
+    harness: Harness, lemonslice: tuple[LemonSliceEmulator, LocalAvatarLauncher], fault: str
+) -> None:
+    """Ending the provider's sessions comes first; a step of the end that hangs or raises (here
+    closing the provider's HTTP pool) is cut off or reported, so the job's end returns."""
+    emulator, _ = lemonslice
+    settings = harness.settings("lemonslice", emulator)
+    http_session = provider_http_session(None)
+    reached = asyncio.Event()
+
+    async def close_that_fails() -> None:
+        reached.set()
+        if fault == "raises":
+            raise RuntimeError("the pool would not close")
+        await asyncio.Event().wait()
+
+    setup = dataclasses.replace(provider_setup(settings, http_session), aclose=close_that_fails)
+    timeline = JobTimeline(room=harness.room.name, provider="lemonslice")
+    timeline.add_metrics_sink(harness.log)
+    supervisor = AvatarSupervisor(
+        room=harness.room,
+        job=JobRoom(harness.room.name, None, AGENT),
+        provider=setup,
+        livekit=livekit_credentials(settings),
+        timeline=timeline,
+        connect=_connected,
+    )
+    supervisor.start()
+    try:
+        await harness.log.wait_for("joined")
+        started = time.monotonic()
+        await asyncio.wait_for(supervisor.aclose(), 15)
+        assert time.monotonic() - started < 10
+        assert reached.is_set()
+        assert emulator.active_sessions == ()
+        assert [e.event for e in harness.log.events][-1] == "ended"
+    finally:
+        await http_session.close()
+
+
+async def test_an_avatar_we_minted_for_is_removed_when_it_comes_back_after_its_token_expired(
+    harness: Harness, lemonslice: tuple[LemonSliceEmulator, LocalAvatarLauncher]
+) -> None:
+    """LiveKit checks a token's expiry at the first connect only: an avatar that was in the room
+    can reconnect long after. The guard holds for the whole job, not the token's lifetime."""
+    emulator, _ = lemonslice
+    emulator.inject("create", StatusFault(402, "no active plan"))
+    ttl = 2.0
+    harness.start(
+        harness.settings(
+            "lemonslice",
+            emulator,
+            AVATAR_TOKEN_TTL=str(ttl),
+            AVATAR_START_TIMEOUT="1",
+            AVATAR_JOIN_TIMEOUT="1",
+        )
+    )
+    await harness.log.wait_for("failed")
+    await asyncio.sleep(ttl + 1.0)  # past the token's expiry: the clock, not an event
+    back = await connect_participant(
+        harness.server,
+        harness.room.name,
+        "lemonslice-avatar-agent",
+        kind="agent",
+        attributes={"lk.publish_on_behalf": AGENT},
+    )
+    try:
+        await harness.log.wait_for("removed", timeout=10)
+        await gone(harness.room, "lemonslice-avatar-agent")
+    finally:
+        await back.disconnect()
+
+
+async def test_a_participant_that_speaks_on_behalf_of_this_agent_is_removed_all_job_long(
+    harness: Harness, lemonslice: tuple[LemonSliceEmulator, LocalAvatarLauncher]
+) -> None:
+    """An identity we never minted, carrying our publish_on_behalf: a stray too, however late."""
+    emulator, _ = lemonslice
+    emulator.inject("create", StatusFault(402, "no active plan"))
+    ttl = 2.0
+    harness.start(
+        harness.settings(
+            "lemonslice",
+            emulator,
+            AVATAR_TOKEN_TTL=str(ttl),
+            AVATAR_START_TIMEOUT="1",
+            AVATAR_JOIN_TIMEOUT="1",
+        )
+    )
+    await harness.log.wait_for("failed")
+    await asyncio.sleep(ttl + 1.0)  # past every token we minted: the clock, not an event
+    stray = await connect_participant(
+        harness.server,
+        harness.room.name,
+        "someone-speaking-for-our-agent",
+        kind="agent",
+        attributes={"lk.publish_on_behalf": AGENT},
+    )
+    try:
+        await harness.log.wait_for("removed", timeout=10)
+        await gone(harness.room, "someone-speaking-for-our-agent")
+    finally:
+        await stray.disconnect()
