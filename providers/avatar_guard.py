@@ -79,9 +79,6 @@ class AvatarGuard:
         """The one avatar allowed in the room (None: none is)."""
         self._expected = identity
 
-    def seen(self, identity: str) -> bool:
-        return identity in self._seen or identity in self._room.remote_participants
-
     # -- watching the room ---------------------------------------------------------------------
 
     def watch(self, connected: Callable[[], Awaitable[None]]) -> None:

@@ -189,6 +189,9 @@ class AvatarSupervisor:
         self._enter(AvatarState.ENDING)
         self._avatar = None
         self.guard.expect(None)
+        # First, whatever happens next: every provider session is being ended (and any the start
+        # still makes will be, at once).
+        self._reaper.end_all_soon()
         if self._run_task is not None:
             self._run_task.cancel()
         self._closing = asyncio.create_task(self._end_all(), name="avatar-end")
@@ -445,9 +448,6 @@ class AvatarSupervisor:
 
     async def _end_all(self) -> None:
         started = self._timeline.now()
-        # First, whatever happens next: every provider session is being ended (and any the start
-        # still makes will be, at once).
-        self._reaper.end_all_soon()
         try:
             # The conversation is over: no more speech to any avatar and no agent track. Bounded:
             # unpublishing goes through the native client, which has no timeout of its own.
