@@ -101,21 +101,34 @@ class FakeOwnVoice:
 
 
 class Harness:
-    def __init__(self, *, playout_grace: float = 2.0, clear_timeout: float = 2.0) -> None:
+    def __init__(
+        self,
+        *,
+        playout_grace: float = 2.0,
+        clear_timeout: float = 2.0,
+        late_confirmation: float = 30.0,
+    ) -> None:
         self.changes = Changes()  # made in the test's loop: an Event belongs to one loop
         self.until = self.changes.until
         self.own_voices: list[FakeOwnVoice] = []
         self.unconfirmed: list[SinkKind] = []
         self.first_audio: list[SinkKind] = []
+        self.lost_confirmations: list[SinkKind] = []
         self.router = SpeechRouter(
             rtc.Room(),
             sample_rate=RATE,
             own_voice=self._own_voice,
             playout_grace=playout_grace,
             clear_timeout=clear_timeout,
+            late_confirmation=late_confirmation,
+            on_confirmation_lost=self._confirmation_lost,
             on_unconfirmed=lambda kind, _: self.unconfirmed.append(kind),
             on_first_audio=self.first_audio.append,
         )
+
+    def _confirmation_lost(self, kind: SinkKind) -> None:
+        self.lost_confirmations.append(kind)
+        self.changes.notify()
 
     def _own_voice(self) -> FakeOwnVoice:
         voice = FakeOwnVoice(self.changes)
@@ -283,3 +296,89 @@ async def test_speech_captured_after_an_interruption_is_not_played() -> None:
     event: PlaybackFinishedEvent = await asyncio.wait_for(harness.router.wait_for_playout(), HANG)
     assert event.interrupted
     assert levels_of(avatar.segments[0]) == [1]
+
+
+# -- confirmations belong to segments, in order -----------------------------------------------
+
+
+async def test_a_confirmation_that_comes_after_the_grace_does_not_end_the_next_utterance() -> None:
+    harness = Harness(playout_grace=0.2)
+    router = harness.router
+    avatar = harness.sink()
+    router.to_avatar(avatar, "avatar-1")
+    await harness.say([3000] * 5)  # U: 0.1 s, its confirmation late
+    await asyncio.wait_for(router.wait_for_playout(), HANG)
+    assert harness.unconfirmed == ["avatar"]
+
+    await harness.say([3000] * 100)  # V: 2 s, so its own grace is far off
+    await harness.until(lambda: avatar.flushes == 2)
+    playout = asyncio.create_task(router.wait_for_playout())
+    avatar.finish(0.1)  # U's, late
+    await run_ready_tasks()
+    assert not playout.done()  # V is not over because U's answer came
+    avatar.finish(1.5, interrupted=True)  # V's own
+    event = await asyncio.wait_for(playout, HANG)
+    assert event.playback_position == pytest.approx(1.5)
+    assert event.interrupted is True
+
+
+async def test_a_late_answer_to_an_interruption_does_not_end_the_next_utterance() -> None:
+    harness = Harness(clear_timeout=0.2)
+    router = harness.router
+    avatar = harness.sink()
+    avatar.answer_clears = False  # the answer to the clear comes, but after the router gave up
+    router.to_avatar(avatar, "avatar-1")
+    await harness.say([3000] * 50)  # U
+    await harness.until(lambda: avatar.flushes == 1)
+    router.clear_buffer()
+    event = await asyncio.wait_for(router.wait_for_playout(), HANG)
+    assert event.interrupted
+
+    await harness.say([3000] * 100)  # V
+    await harness.until(lambda: avatar.flushes == 2)
+    playout = asyncio.create_task(router.wait_for_playout())
+    avatar.finish(0.4, interrupted=True)  # U's, late
+    await run_ready_tasks()
+    assert not playout.done()
+    avatar.finish(2.0)  # V's own
+    event = await asyncio.wait_for(playout, HANG)
+    assert event.playback_position == pytest.approx(2.0)
+    assert event.interrupted is False
+
+
+async def test_a_confirmation_given_up_on_long_ago_no_longer_holds_a_place() -> None:
+    """An avatar that never confirms U must not shift every later confirmation by one."""
+    harness = Harness(playout_grace=0.1, late_confirmation=0.3)
+    router = harness.router
+    avatar = harness.sink()
+    router.to_avatar(avatar, "avatar-1")
+    await harness.say([3000] * 5)  # U, never confirmed
+    await asyncio.wait_for(router.wait_for_playout(), HANG)
+    forgotten = time.monotonic()
+    await harness.until(lambda: harness.lost_confirmations == ["avatar"])
+    assert time.monotonic() - forgotten >= 0.25
+
+    await harness.say([3000] * 100)  # V
+    await harness.until(lambda: avatar.flushes == 2)
+    avatar.finish(0.7)  # V's
+    event = await asyncio.wait_for(router.wait_for_playout(), HANG)
+    assert event.playback_position == pytest.approx(0.7)
+    assert event.interrupted is False
+
+
+# -- after the job ---------------------------------------------------------------------------
+
+
+async def test_after_close_no_sink_is_taken_and_no_own_track_is_made() -> None:
+    harness = Harness()
+    router = harness.router
+    await router.aclose()
+    router.to_own_voice()
+    router.to_avatar(avatar := harness.sink(), "avatar-2")
+    assert harness.own_voices == []
+    assert router.route == "held"
+    # speech that still comes (the session's last words) ends at once, unheard
+    await harness.say([3000] * 5)
+    event = await asyncio.wait_for(router.wait_for_playout(), HANG)
+    assert (event.playback_position, event.interrupted) == (0.0, True)
+    assert avatar.segments == []
