@@ -36,6 +36,7 @@ from typing import Literal, Protocol
 
 import numpy as np
 from livekit import rtc
+from livekit.agents.voice.avatar import DataStreamAudioOutput
 from livekit.agents.voice.io import (
     AudioOutput,
     AudioOutputCapabilities,
@@ -55,6 +56,22 @@ Route = Literal["held", "avatar", "own_voice"]
 # `_PAUSE_SEARCH` before that, so the replay starts between words.
 _REPLAY_OVERLAP = 1.0
 _PAUSE_SEARCH = 0.6
+
+
+def avatar_output(room: rtc.Room, identity: str, *, sample_rate: int) -> DataStreamAudioOutput:
+    """The data stream to an avatar that has joined (with its video), as the router needs it.
+
+    `clear_buffer_timeout=None`: the router bounds the wait for an interruption's answer itself.
+    With a timeout, the framework invents a confirmation when the avatar is slow to answer, and the
+    avatar's real one, when it comes, is one too many: it would be counted for the next segment.
+    """
+    return DataStreamAudioOutput(
+        room,
+        destination_identity=identity,
+        sample_rate=sample_rate,
+        wait_remote_track=rtc.TrackKind.KIND_VIDEO,
+        clear_buffer_timeout=None,
+    )
 
 
 class OwnVoiceOutput(Protocol):
