@@ -42,6 +42,7 @@ from livekit.agents.voice.io import (
     AudioOutputCapabilities,
     PlaybackFinishedEvent,
     PlaybackStartedEvent,
+    _CaptureCancelledEvent,
 )
 
 from .own_voice import OwnVoice
@@ -148,6 +149,8 @@ class _Sink:
             self._on_confirmation_lost(self.kind)
 
     def _on_finished(self, event: PlaybackFinishedEvent) -> None:
+        if isinstance(event, _CaptureCancelledEvent):
+            return  # the end of a capture cut off before the output counted its segment
         if self._awaiting:
             self._awaiting.popleft().set_result(event)  # the oldest segment not yet confirmed
         else:
@@ -234,7 +237,7 @@ class SpeechRouter(AudioOutput):
         playout_grace: float = 2.0,
         clear_timeout: float = 2.0,
         late_confirmation: float = 30.0,
-        capture_timeout: float = 5.0,
+        capture_timeout: float = 10.0,
         on_confirmation_lost: Callable[[SinkKind], None] | None = None,
         on_sink_failed: Callable[[SinkKind, BaseException], None] | None = None,
         on_unconfirmed: Callable[[SinkKind, float], None] | None = None,
@@ -468,11 +471,11 @@ class SpeechRouter(AudioOutput):
             confirmation = utterance.confirmation
             started = utterance.sink_started_at or time.time()
             due = started + (utterance.duration - utterance.offset) - time.time()
+            # a sink that counts no segment cannot confirm one: it has the same time to play it
+            awaited = confirmation or asyncio.get_running_loop().create_future()
             try:
-                if confirmation is None:  # a sink that counts no segments cannot confirm one
-                    raise TimeoutError
                 event = await asyncio.wait_for(
-                    asyncio.shield(confirmation), max(0.0, due) + self._playout_grace
+                    asyncio.shield(awaited), max(0.0, due) + self._playout_grace
                 )
             except TimeoutError:
                 if confirmation is not None:
