@@ -85,7 +85,14 @@ class OwnVoice:
         self._starting = starting = asyncio.ensure_future(self.output.start())
         starting.add_done_callback(lambda _: self._publish_answered.set())
         try:
-            await self._publish_answered.wait()
+            try:
+                async with asyncio.timeout(PUBLISH_SETTLE):
+                    await self._publish_answered.wait()
+            except TimeoutError:
+                if self._publication is None:
+                    raise OwnVoiceUnavailable(
+                        f"no answer to the publish after {PUBLISH_SETTLE:.0f}s"
+                    ) from None
             self._publish_in_flight = False
             if starting.done() and not starting.cancelled() and starting.exception() is not None:
                 await starting  # the publish failed: raise its error
