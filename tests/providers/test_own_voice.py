@@ -119,17 +119,23 @@ async def test_an_own_voice_nobody_subscribes_to_still_speaks_and_each_turn_ends
     assert own_tracks(room) == []
 
 
-def _own_voice_tasks() -> list[asyncio.Task[object]]:
-    """Tasks still running the own voice's publishing (RoomIO's output underneath)."""
-    return [
-        task
-        for task in asyncio.all_tasks()
-        if not task.done()
-        and any(
-            name in task.get_coro().__qualname__  # type: ignore[union-attr]
-            for name in ("_ParticipantAudioOutput", "OwnVoice")
-        )
-    ]
+def running_for(voice: OwnVoice) -> list[asyncio.Task[object]]:
+    """Tasks still running a method of this own voice or of its output (RoomIO's underneath).
+    Only its own: other tests share the loop."""
+    running = []
+    for task in asyncio.all_tasks():
+        frame = getattr(task.get_coro(), "cr_frame", None)
+        if (
+            not task.done()
+            and frame is not None
+            and frame.f_locals.get("self")
+            in (
+                voice,
+                voice.output,
+            )
+        ):
+            running.append(task)
+    return running
 
 
 async def test_closing_an_own_voice_while_it_publishes_leaves_no_track_and_no_task(
@@ -140,7 +146,7 @@ async def test_closing_an_own_voice_while_it_publishes_leaves_no_track_and_no_ta
     began = time.monotonic()
     await asyncio.wait_for(voice.aclose(), HANG)
     assert time.monotonic() - began < PUBLISH_SETTLE / 2  # it waited for the answer, not the bound
-    assert _own_voice_tasks() == []
+    assert running_for(voice) == []
     assert own_tracks(room) == []
 
 
