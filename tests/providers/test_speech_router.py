@@ -63,9 +63,15 @@ class RecordingSink(AudioOutput):
         self.clears = 0
         self.answer_clears = True
         self.started_ago = started_ago
+        self.refusal: Exception | None = None  # raised by every capture, as a track not published
+        self.stalled = False  # never takes a frame
         self._open = False
 
     async def capture_frame(self, frame: rtc.AudioFrame) -> None:
+        if self.refusal is not None:
+            raise self.refusal
+        if self.stalled:
+            await asyncio.Event().wait()
         await super().capture_frame(frame)
         if not self._open:
             self._open = True
@@ -107,6 +113,7 @@ class Harness:
         playout_grace: float = 2.0,
         clear_timeout: float = 2.0,
         late_confirmation: float = 30.0,
+        capture_timeout: float = 10.0,
     ) -> None:
         self.changes = Changes()  # made in the test's loop: an Event belongs to one loop
         self.until = self.changes.until
@@ -114,6 +121,8 @@ class Harness:
         self.unconfirmed: list[SinkKind] = []
         self.first_audio: list[SinkKind] = []
         self.lost_confirmations: list[SinkKind] = []
+        self.failures: list[tuple[SinkKind, BaseException]] = []
+        self.failing_own_voices = 0  # how many of the next own voices cannot publish
         self.router = SpeechRouter(
             rtc.Room(),
             sample_rate=RATE,
@@ -121,6 +130,8 @@ class Harness:
             playout_grace=playout_grace,
             clear_timeout=clear_timeout,
             late_confirmation=late_confirmation,
+            capture_timeout=capture_timeout,
+            on_sink_failed=lambda kind, error: self.failures.append((kind, error)),
             on_confirmation_lost=self._confirmation_lost,
             on_unconfirmed=lambda kind, _: self.unconfirmed.append(kind),
             on_first_audio=self.first_audio.append,
@@ -132,6 +143,9 @@ class Harness:
 
     def _own_voice(self) -> FakeOwnVoice:
         voice = FakeOwnVoice(self.changes)
+        if self.failing_own_voices > 0:
+            self.failing_own_voices -= 1
+            voice.output.refusal = RuntimeError("the track could not be published")
         self.own_voices.append(voice)
         return voice
 
@@ -382,3 +396,47 @@ async def test_after_close_no_sink_is_taken_and_no_own_track_is_made() -> None:
     event = await asyncio.wait_for(router.wait_for_playout(), HANG)
     assert (event.playback_position, event.interrupted) == (0.0, True)
     assert avatar.segments == []
+
+
+# -- sinks that fail or stall ----------------------------------------------------------------
+
+
+async def test_an_own_voice_that_fails_ends_each_turn_unheard_says_so_once_and_is_replaced() -> (
+    None
+):
+    harness = Harness()
+    harness.failing_own_voices = 1
+    router = harness.router
+    router.to_own_voice()
+    for _ in range(2):
+        await harness.say([3000] * 5)
+        event = await asyncio.wait_for(router.wait_for_playout(), HANG)
+        assert (event.playback_position, event.interrupted) == (0.0, True)
+    assert [kind for kind, _ in harness.failures] == ["own_voice"]
+
+    router.to_own_voice()  # try again: a new own voice, the failed one closed
+    assert len(harness.own_voices) == 2
+    await harness.until(lambda: harness.own_voices[0].closed)
+    await harness.say([7] * 5)
+    fresh = harness.own_voices[1].output
+    await harness.until(lambda: fresh.flushes == 1)
+    assert levels_of(fresh.segments[0]) == [7] * 5
+    fresh.finish(0.1)
+    event = await asyncio.wait_for(router.wait_for_playout(), HANG)
+    assert event.interrupted is False
+
+
+async def test_a_sink_that_takes_no_audio_ends_the_turn_after_the_capture_bound() -> None:
+    harness = Harness(capture_timeout=0.3)
+    router = harness.router
+    avatar = harness.sink()
+    avatar.stalled = True
+    router.to_avatar(avatar, "avatar-1")
+    started = time.monotonic()
+    await harness.say([3000] * 5)
+    event = await asyncio.wait_for(router.wait_for_playout(), HANG)
+    assert time.monotonic() - started >= 0.3
+    assert event.interrupted is True
+    assert [(kind, type(error).__name__) for kind, error in harness.failures] == [
+        ("avatar", "SinkStalledError")
+    ]
