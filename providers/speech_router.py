@@ -19,8 +19,9 @@ is reported once (`on_sink_failed`) and the utterance ends where the user was; a
 A confirmation (`playback_finished`) carries no segment id, so confirmations are matched to
 segments by count: a sink confirms the segments it was given in order, one each. A segment the
 router stopped waiting for keeps its place for `late_confirmation` seconds, so its late answer is
-not taken for the next one's; after that it is presumed lost (`on_confirmation_lost`), so one lost
-answer does not shift every later one.
+not taken for the next one's; after that it is presumed lost (`on_confirmation_lost`). The window is
+short on purpose: while a lost answer's place is kept, each later answer is taken for the one before
+it, and that ends only when a place expires (at the latest in the next pause between turns).
 """
 
 from __future__ import annotations
@@ -236,7 +237,7 @@ class SpeechRouter(AudioOutput):
         own_voice: Callable[[], OwnVoiceOutput] | None = None,
         playout_grace: float = 2.0,
         clear_timeout: float = 2.0,
-        late_confirmation: float = 30.0,
+        late_confirmation: float = 5.0,
         capture_timeout: float = 10.0,
         on_confirmation_lost: Callable[[SinkKind], None] | None = None,
         on_sink_failed: Callable[[SinkKind, BaseException], None] | None = None,

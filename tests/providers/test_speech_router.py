@@ -112,7 +112,7 @@ class Harness:
         *,
         playout_grace: float = 2.0,
         clear_timeout: float = 2.0,
-        late_confirmation: float = 30.0,
+        late_confirmation: float = 5.0,
         capture_timeout: float = 10.0,
     ) -> None:
         self.changes = Changes()  # made in the test's loop: an Event belongs to one loop
