@@ -12,6 +12,16 @@ things the plain data-stream output cannot do:
 
 A sink (the avatar's `DataStreamAudioOutput`, the agent's `OwnVoice`) plays one utterance at a time,
 in order. A new avatar takes over from the agent's own voice between utterances, never within one.
+
+No wait on a sink is unbounded. A sink that takes no audio for `capture_timeout` seconds, or fails,
+is reported once (`on_sink_failed`) and the utterance ends where the user was; a later one goes on.
+
+A confirmation (`playback_finished`) carries no segment id, so confirmations are matched to
+segments by count: a sink confirms the segments it was given in order, one each. A segment the
+router stopped waiting for keeps its place for `late_confirmation` seconds, so its late answer is
+not taken for the next one's; after that it is presumed lost (`on_confirmation_lost`). The window is
+short on purpose: while a lost answer's place is kept, each later answer is taken for the one before
+it, and that ends only when a place expires (at the latest in the next pause between turns).
 """
 
 from __future__ import annotations
@@ -27,11 +37,13 @@ from typing import Literal, Protocol
 
 import numpy as np
 from livekit import rtc
+from livekit.agents.voice.avatar import DataStreamAudioOutput
 from livekit.agents.voice.io import (
     AudioOutput,
     AudioOutputCapabilities,
     PlaybackFinishedEvent,
     PlaybackStartedEvent,
+    _CaptureCancelledEvent,
 )
 
 from .own_voice import OwnVoice
@@ -48,6 +60,22 @@ _REPLAY_OVERLAP = 1.0
 _PAUSE_SEARCH = 0.6
 
 
+def avatar_output(room: rtc.Room, identity: str, *, sample_rate: int) -> DataStreamAudioOutput:
+    """The data stream to an avatar that has joined (with its video), as the router needs it.
+
+    `clear_buffer_timeout=None`: the router bounds the wait for an interruption's answer itself.
+    With a timeout, the framework invents a confirmation when the avatar is slow to answer, and the
+    avatar's real one, when it comes, is one too many: it would be counted for the next segment.
+    """
+    return DataStreamAudioOutput(
+        room,
+        destination_identity=identity,
+        sample_rate=sample_rate,
+        wait_remote_track=rtc.TrackKind.KIND_VIDEO,
+        clear_buffer_timeout=None,
+    )
+
+
 class OwnVoiceOutput(Protocol):
     """The agent's own track, made when first needed and closed when an avatar is back."""
 
@@ -57,30 +85,77 @@ class OwnVoiceOutput(Protocol):
     async def aclose(self) -> None: ...
 
 
+class SinkStalledError(RuntimeError):
+    """A sink took no audio for the router's capture bound."""
+
+
 class _Sink:
     """An audio output the router sends whole utterances to, one at a time."""
 
-    def __init__(self, output: AudioOutput, kind: SinkKind, name: str) -> None:
+    def __init__(
+        self,
+        output: AudioOutput,
+        kind: SinkKind,
+        name: str,
+        *,
+        late_confirmation: float,
+        on_confirmation_lost: Callable[[SinkKind], None] | None,
+    ) -> None:
         self.output = output
         self.kind = kind
         self.name = name
-        self._finished: asyncio.Future[PlaybackFinishedEvent] | None = None
+        self.failed = False  # reported once; a failed own voice is replaced by `to_own_voice`
         self.on_started: Callable[[float], None] | None = None
+        self._late_confirmation = late_confirmation
+        self._on_confirmation_lost = on_confirmation_lost
+        self._segments = output.captured_playout_segments
+        self._awaiting: deque[asyncio.Future[PlaybackFinishedEvent]] = deque()
         output.on("playback_finished", self._on_finished)
         output.on("playback_started", self._on_started)
 
-    def expect_playout(self) -> asyncio.Future[PlaybackFinishedEvent]:
-        self._finished = asyncio.get_running_loop().create_future()
-        return self._finished
+    def claim_segment(self) -> asyncio.Future[PlaybackFinishedEvent] | None:
+        """The confirmation of the segment the output opened since the last claim, if it did."""
+        opened = self.output.captured_playout_segments - self._segments
+        if opened <= 0:
+            return None
+        self._segments += opened
+        loop = asyncio.get_running_loop()
+        confirmations = [loop.create_future() for _ in range(opened)]
+        self._awaiting.extend(confirmations)
+        for unclaimed in confirmations[:-1]:  # never happens with one utterance at a time
+            self.give_up(unclaimed)
+        return confirmations[-1]
 
-    @property
-    def awaited_playout(self) -> asyncio.Future[PlaybackFinishedEvent] | None:
-        return self._finished
+    def give_up(self, confirmation: asyncio.Future[PlaybackFinishedEvent]) -> None:
+        """The router no longer waits for it; a late answer still takes its place, for a while."""
+        if confirmation.done():
+            return
+        forget = asyncio.get_running_loop().call_later(
+            self._late_confirmation, self._forget, confirmation
+        )
+        confirmation.add_done_callback(lambda _: forget.cancel())
+
+    def _forget(self, confirmation: asyncio.Future[PlaybackFinishedEvent]) -> None:
+        if confirmation.done():
+            return
+        with contextlib.suppress(ValueError):
+            self._awaiting.remove(confirmation)
+        confirmation.cancel()
+        logger.warning(
+            "the %s never confirmed a segment; later confirmations count without it",
+            self.kind,
+            extra={"sink": self.name},
+        )
+        if self._on_confirmation_lost is not None:
+            self._on_confirmation_lost(self.kind)
 
     def _on_finished(self, event: PlaybackFinishedEvent) -> None:
-        # An answer nobody waits for (late, after the router gave up on it) is dropped.
-        if self._finished is not None and not self._finished.done():
-            self._finished.set_result(event)
+        if isinstance(event, _CaptureCancelledEvent):
+            return  # the end of a capture cut off before the output counted its segment
+        if self._awaiting:
+            self._awaiting.popleft().set_result(event)  # the oldest segment not yet confirmed
+        else:
+            logger.debug("a confirmation for no segment is dropped", extra={"sink": self.name})
 
     def _on_started(self, event: PlaybackStartedEvent) -> None:
         if self.on_started is not None:
@@ -89,8 +164,8 @@ class _Sink:
     def detach(self) -> None:
         self.output.off("playback_finished", self._on_finished)
         self.output.off("playback_started", self._on_started)
-        if self._finished is not None and not self._finished.done():
-            self._finished.cancel()
+        while self._awaiting:
+            self._awaiting.popleft().cancel()
 
 
 @dataclass(eq=False)
@@ -109,6 +184,7 @@ class _Utterance:
     sent: int = 0  # frames handed to the current sink (absolute index)
     sink_flushed: bool = False
     sink_started_at: float | None = None  # time.time() the current sink began to play it
+    confirmation: asyncio.Future[PlaybackFinishedEvent] | None = None  # of its segment on the sink
     task: asyncio.Task[None] | None = None
 
     @property
@@ -161,6 +237,9 @@ class SpeechRouter(AudioOutput):
         own_voice: Callable[[], OwnVoiceOutput] | None = None,
         playout_grace: float = 2.0,
         clear_timeout: float = 2.0,
+        late_confirmation: float = 5.0,
+        capture_timeout: float = 10.0,
+        on_confirmation_lost: Callable[[SinkKind], None] | None = None,
         on_sink_failed: Callable[[SinkKind, BaseException], None] | None = None,
         on_unconfirmed: Callable[[SinkKind, float], None] | None = None,
         on_first_audio: Callable[[SinkKind], None] | None = None,
@@ -173,6 +252,9 @@ class SpeechRouter(AudioOutput):
         self._new_own_voice = own_voice or (lambda: OwnVoice(room, sample_rate=sample_rate))
         self._playout_grace = playout_grace
         self._clear_timeout = clear_timeout
+        self._late_confirmation = late_confirmation
+        self._capture_timeout = capture_timeout
+        self._on_confirmation_lost = on_confirmation_lost
         self._on_sink_failed = on_sink_failed
         self._on_unconfirmed = on_unconfirmed
         self._on_first_audio = on_first_audio
@@ -183,6 +265,16 @@ class SpeechRouter(AudioOutput):
         self._capturing: _Utterance | None = None
         self._first_audio_reported: set[SinkKind] = set()
         self._closing_own_voice: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    def _new_sink(self, output: AudioOutput, kind: SinkKind, name: str) -> _Sink:
+        return _Sink(
+            output,
+            kind,
+            name,
+            late_confirmation=self._late_confirmation,
+            on_confirmation_lost=self._on_confirmation_lost,
+        )
 
     # -- where speech goes ---------------------------------------------------------------------
 
@@ -192,7 +284,9 @@ class SpeechRouter(AudioOutput):
 
     def to_avatar(self, output: AudioOutput, identity: str) -> None:
         """Send speech to this avatar: now if nothing is playing, else from the next utterance."""
-        sink = _Sink(output, "avatar", identity)
+        if self._closed:
+            return
+        sink = self._new_sink(output, "avatar", identity)
         if self._next_avatar is not None:
             self._next_avatar.detach()
         self._next_avatar = sink
@@ -200,16 +294,22 @@ class SpeechRouter(AudioOutput):
             self._take_next_avatar()
 
     def to_own_voice(self) -> None:
-        """Speak in the agent's own track from now on; what the avatar had not played is replayed."""
+        """Speak in the agent's own track from now on; what the avatar had not played is replayed.
+
+        An own voice that failed (its track could not be published) is replaced by a new one."""
+        if self._closed:
+            return
         if self._next_avatar is not None:
             self._next_avatar.detach()
             self._next_avatar = None
         if self._sink is not None and self._sink.kind == "own_voice":
-            return
+            if not self._sink.failed:
+                return
+            self._release_own_voice()
         old = self._sink
         if self._own_voice is None:
             self._own_voice = self._new_own_voice()
-        self._sink = _Sink(self._own_voice.output, "own_voice", "agent")
+        self._sink = self._new_sink(self._own_voice.output, "own_voice", "agent")
         now = time.time()
         for utterance in self._pending():
             if utterance.cleared:
@@ -291,6 +391,8 @@ class SpeechRouter(AudioOutput):
         if utterance is not None:
             utterance.flushed = True
             utterance.more.set()
+            if self._closed:  # the job is over: nowhere to play it
+                self._finish(utterance, 0.0, interrupted=True)
 
     def clear_buffer(self) -> None:
         for utterance in self._pending():
@@ -303,7 +405,9 @@ class SpeechRouter(AudioOutput):
             utterance.task = asyncio.create_task(self._clear(utterance), name="speech-clear")
 
     async def aclose(self) -> None:
-        """Stop every playout and unpublish the agent's own track if it is up."""
+        """Stop every playout and unpublish the agent's own track if it is up. Afterwards no sink
+        is taken again and speech still captured ends at once, unheard."""
+        self._closed = True
         for utterance in self._pending():
             if utterance.task is not None:
                 utterance.task.cancel()
@@ -324,6 +428,7 @@ class SpeechRouter(AudioOutput):
         utterance.first_index = utterance.sent = first_index
         utterance.sink_started_at = None
         utterance.sink_flushed = False
+        utterance.confirmation = None
         previous = self._previous(utterance)
         utterance.task = asyncio.create_task(
             self._playout(utterance, sink, previous), name=f"speech-to-{sink.kind}"
@@ -343,14 +448,14 @@ class SpeechRouter(AudioOutput):
     ) -> None:
         if previous is not None:
             await previous.done.wait()  # one utterance at a time per sink, in order
-        finished = sink.expect_playout()
         sink.on_started = lambda at: self._sink_started(utterance, sink, at)
         try:
             while True:
                 while utterance.sent < len(utterance.frames):
                     frame = utterance.frames[utterance.sent]
-                    await sink.output.capture_frame(frame)
+                    await self._capture(sink, frame)
                     if utterance.sent == utterance.first_index:
+                        utterance.confirmation = sink.claim_segment()
                         self._first_audio(sink)
                         if utterance.sink_started_at is None:
                             self._sink_started(utterance, sink, time.time())
@@ -364,13 +469,18 @@ class SpeechRouter(AudioOutput):
                 return
             sink.output.flush()
             utterance.sink_flushed = True
+            confirmation = utterance.confirmation
             started = utterance.sink_started_at or time.time()
             due = started + (utterance.duration - utterance.offset) - time.time()
+            # a sink that counts no segment cannot confirm one: it has the same time to play it
+            awaited = confirmation or asyncio.get_running_loop().create_future()
             try:
                 event = await asyncio.wait_for(
-                    asyncio.shield(finished), max(0.0, due) + self._playout_grace
+                    asyncio.shield(awaited), max(0.0, due) + self._playout_grace
                 )
             except TimeoutError:
+                if confirmation is not None:
+                    sink.give_up(confirmation)
                 logger.warning(
                     "the %s did not confirm the end of an utterance %.1fs after it was due; "
                     "the conversation goes on",
@@ -388,11 +498,27 @@ class SpeechRouter(AudioOutput):
         except asyncio.CancelledError:
             raise
         except Exception as error:
-            logger.error("speech to the %s failed: %r", sink.kind, error, extra={"sink": sink.name})
-            if self._on_sink_failed is not None and sink is self._sink:
+            first_failure, sink.failed = not sink.failed, True
+            logger.log(
+                logging.ERROR if first_failure else logging.DEBUG,
+                "speech to the %s failed: %r",
+                sink.kind,
+                error,
+                extra={"sink": sink.name},
+            )
+            if self._on_sink_failed is not None and sink is self._sink and first_failure:
                 self._on_sink_failed(sink.kind, error)  # may move this utterance elsewhere
             if utterance.sink is sink:
                 self._finish(utterance, utterance.heard(time.time()), interrupted=True)
+
+    async def _capture(self, sink: _Sink, frame: rtc.AudioFrame) -> None:
+        try:
+            async with asyncio.timeout(self._capture_timeout):
+                await sink.output.capture_frame(frame)
+        except TimeoutError:
+            raise SinkStalledError(
+                f"the {sink.kind} took no audio for {self._capture_timeout:.0f}s"
+            ) from None
 
     def _sink_started(self, utterance: _Utterance, sink: _Sink, at: float) -> None:
         if utterance.sink is not sink or utterance.sink_started_at is not None:
@@ -410,10 +536,13 @@ class SpeechRouter(AudioOutput):
 
     async def _clear(self, utterance: _Utterance) -> None:
         sink = utterance.sink
-        if sink is None or utterance.sent == utterance.first_index:
+        confirmation = utterance.confirmation
+        if sink is not None and confirmation is None:
+            # cut off in the middle of its first frame: the sink may have opened the segment
+            confirmation = utterance.confirmation = sink.claim_segment()
+        if sink is None or confirmation is None:
             self._finish(utterance, utterance.offset, interrupted=True)
             return
-        finished = sink.awaited_playout
         try:
             if not utterance.sink_flushed:
                 utterance.sink_flushed = True
@@ -422,10 +551,11 @@ class SpeechRouter(AudioOutput):
         except Exception as error:
             logger.warning("clearing the %s failed: %r", sink.kind, error)
         position = utterance.heard(time.time())
-        if finished is not None:
-            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                event = await asyncio.wait_for(asyncio.shield(finished), self._clear_timeout)
-                position = utterance.offset + event.playback_position
+        try:
+            event = await asyncio.wait_for(asyncio.shield(confirmation), self._clear_timeout)
+            position = utterance.offset + event.playback_position
+        except (TimeoutError, asyncio.CancelledError):
+            sink.give_up(confirmation)
         self._finish(utterance, position, interrupted=True)
 
     def _finish(self, utterance: _Utterance, position: float, *, interrupted: bool) -> None:

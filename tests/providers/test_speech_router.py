@@ -19,6 +19,9 @@ from providers.speech_router import SinkKind, SpeechRouter
 
 RATE = 16000
 FRAME_S = 0.02
+# How long a test waits for what must happen before calling it hung. Only a guard: timings that
+# matter are asserted as lower bounds (a loaded machine can only make things later).
+HANG = 10.0
 
 
 class Changes:
@@ -30,15 +33,11 @@ class Changes:
     def notify(self) -> None:
         self._event.set()
 
-    async def until(self, condition: Callable[[], bool], timeout: float = 2.0) -> None:
+    async def until(self, condition: Callable[[], bool], timeout: float = HANG) -> None:
         async with asyncio.timeout(timeout):
             while not condition():
                 self._event.clear()
                 await self._event.wait()
-
-
-CHANGES = Changes()
-until = CHANGES.until
 
 
 async def run_ready_tasks(rounds: int = 50) -> None:
@@ -56,29 +55,36 @@ def frame(level: int) -> rtc.AudioFrame:
 class RecordingSink(AudioOutput):
     """Records segments; says playback started at its first frame; finishes when told."""
 
-    def __init__(self, *, started_ago: float = 0.0) -> None:
+    def __init__(self, changes: Changes, *, started_ago: float = 0.0) -> None:
         super().__init__(label="test-sink", capabilities=AudioOutputCapabilities(pause=False))
+        self._changes = changes
         self.segments: list[list[rtc.AudioFrame]] = []
         self.flushes = 0
         self.clears = 0
         self.answer_clears = True
         self.started_ago = started_ago
+        self.refusal: Exception | None = None  # raised by every capture, as a track not published
+        self.stalled = False  # never takes a frame
         self._open = False
 
     async def capture_frame(self, frame: rtc.AudioFrame) -> None:
+        if self.refusal is not None:
+            raise self.refusal
+        if self.stalled:
+            await asyncio.Event().wait()
         await super().capture_frame(frame)
         if not self._open:
             self._open = True
             self.segments.append([])
             self.on_playback_started(created_at=time.time() - self.started_ago)
         self.segments[-1].append(frame)
-        CHANGES.notify()
+        self._changes.notify()
 
     def flush(self) -> None:
         super().flush()
         self._open = False
         self.flushes += 1
-        CHANGES.notify()
+        self._changes.notify()
 
     def clear_buffer(self) -> None:
         self.clears += 1
@@ -90,34 +96,61 @@ class RecordingSink(AudioOutput):
 
 
 class FakeOwnVoice:
-    def __init__(self) -> None:
-        self.output = RecordingSink()
+    def __init__(self, changes: Changes) -> None:
+        self._changes = changes
+        self.output = RecordingSink(changes)
         self.closed = False
 
     async def aclose(self) -> None:
         self.closed = True
-        CHANGES.notify()
+        self._changes.notify()
 
 
 class Harness:
-    def __init__(self, *, playout_grace: float = 2.0, clear_timeout: float = 2.0) -> None:
+    def __init__(
+        self,
+        *,
+        playout_grace: float = 2.0,
+        clear_timeout: float = 2.0,
+        late_confirmation: float = 5.0,
+        capture_timeout: float = 10.0,
+    ) -> None:
+        self.changes = Changes()  # made in the test's loop: an Event belongs to one loop
+        self.until = self.changes.until
         self.own_voices: list[FakeOwnVoice] = []
         self.unconfirmed: list[SinkKind] = []
         self.first_audio: list[SinkKind] = []
+        self.lost_confirmations: list[SinkKind] = []
+        self.failures: list[tuple[SinkKind, BaseException]] = []
+        self.failing_own_voices = 0  # how many of the next own voices cannot publish
         self.router = SpeechRouter(
             rtc.Room(),
             sample_rate=RATE,
             own_voice=self._own_voice,
             playout_grace=playout_grace,
             clear_timeout=clear_timeout,
+            late_confirmation=late_confirmation,
+            capture_timeout=capture_timeout,
+            on_sink_failed=lambda kind, error: self.failures.append((kind, error)),
+            on_confirmation_lost=self._confirmation_lost,
             on_unconfirmed=lambda kind, _: self.unconfirmed.append(kind),
             on_first_audio=self.first_audio.append,
         )
 
+    def _confirmation_lost(self, kind: SinkKind) -> None:
+        self.lost_confirmations.append(kind)
+        self.changes.notify()
+
     def _own_voice(self) -> FakeOwnVoice:
-        voice = FakeOwnVoice()
+        voice = FakeOwnVoice(self.changes)
+        if self.failing_own_voices > 0:
+            self.failing_own_voices -= 1
+            voice.output.refusal = RuntimeError("the track could not be published")
         self.own_voices.append(voice)
         return voice
+
+    def sink(self, *, started_ago: float = 0.0) -> RecordingSink:
+        return RecordingSink(self.changes, started_ago=started_ago)
 
     async def say(self, levels: list[int]) -> None:
         for level in levels:
@@ -138,13 +171,13 @@ async def test_speech_before_any_sink_is_held_then_played_whole() -> None:
     await run_ready_tasks()
     assert not playout.done()  # nothing can have played: nowhere to play it
 
-    avatar = RecordingSink()
+    avatar = harness.sink()
     router.to_avatar(avatar, "avatar-1")
-    await until(lambda: avatar.flushes == 1)
+    await harness.until(lambda: avatar.flushes == 1)
     assert levels_of(avatar.segments[0]) == list(range(1, 11))
     assert harness.first_audio == ["avatar"]
     avatar.finish(0.2)
-    event = await asyncio.wait_for(playout, 1)
+    event = await asyncio.wait_for(playout, HANG)
     assert event.playback_position == pytest.approx(0.2)
     assert event.interrupted is False
 
@@ -153,36 +186,36 @@ async def test_a_lost_avatar_hands_the_unheard_rest_to_the_agents_voice_from_a_p
     harness = Harness()
     router = harness.router
     # The avatar says it began 1.5 s ago: the user heard about 1.5 s of this 2 s utterance.
-    avatar = RecordingSink(started_ago=1.5)
+    avatar = harness.sink(started_ago=1.5)
     router.to_avatar(avatar, "avatar-1")
     levels = [3000] * 100
     levels[20] = 5  # a pause at 0.40 s, within the replay window before 1.5 - 1.0 = 0.5 s
     await harness.say(levels)
-    await until(lambda: avatar.flushes == 1)
+    await harness.until(lambda: avatar.flushes == 1)
 
     router.to_own_voice()
     assert router.route == "own_voice"
     own = harness.own_voices[0].output
-    await until(lambda: own.flushes == 1)
+    await harness.until(lambda: own.flushes == 1)
     assert levels_of(own.segments[0]) == levels[20:]  # replayed from the pause
     avatar.finish(2.0)  # a late answer from the old avatar is not taken for the replay's
     playout = asyncio.create_task(router.wait_for_playout())
     await run_ready_tasks()
     assert not playout.done()
     own.finish(1.6)
-    event = await asyncio.wait_for(playout, 1)
+    event = await asyncio.wait_for(playout, HANG)
     assert event.playback_position == pytest.approx(0.4 + 1.6)
     assert not event.interrupted
 
 
 async def test_a_lost_avatar_that_had_time_to_play_everything_repeats_nothing() -> None:
     harness = Harness()
-    avatar = RecordingSink(started_ago=5.0)
+    avatar = harness.sink(started_ago=5.0)
     harness.router.to_avatar(avatar, "avatar-1")
     await harness.say([3000] * 10)
-    await until(lambda: avatar.flushes == 1)
+    await harness.until(lambda: avatar.flushes == 1)
     harness.router.to_own_voice()
-    event = await asyncio.wait_for(harness.router.wait_for_playout(), 1)
+    event = await asyncio.wait_for(harness.router.wait_for_playout(), HANG)
     assert not event.interrupted
     await run_ready_tasks()
     assert harness.own_voices[0].output.segments == []
@@ -190,47 +223,47 @@ async def test_a_lost_avatar_that_had_time_to_play_everything_repeats_nothing() 
 
 async def test_an_avatar_that_never_confirms_a_playout_cannot_wedge_the_turn() -> None:
     harness = Harness(playout_grace=0.2)
-    avatar = RecordingSink()
+    avatar = harness.sink()
     harness.router.to_avatar(avatar, "avatar-1")
     started = time.monotonic()
     await harness.say([3000] * 5)  # 0.1 s of speech, never confirmed
-    event = await asyncio.wait_for(harness.router.wait_for_playout(), 2)
-    assert 0.25 <= time.monotonic() - started < 1.0
+    event = await asyncio.wait_for(harness.router.wait_for_playout(), HANG)
+    assert time.monotonic() - started >= 0.25  # the grace, after the 0.1 s the audio lasts
     assert event.playback_position == pytest.approx(0.1)
     assert event.interrupted is False
     assert harness.unconfirmed == ["avatar"]
     # the next utterance is not held up by the missing answer
     await harness.say([3000] * 5)
-    await until(lambda: len(avatar.segments) == 2)
+    await harness.until(lambda: len(avatar.segments) == 2)
 
 
 async def test_an_interruption_of_held_speech_ends_it_at_once() -> None:
     harness = Harness()
     await harness.say([3000] * 5)
     harness.router.clear_buffer()
-    event = await asyncio.wait_for(harness.router.wait_for_playout(), 1)
+    event = await asyncio.wait_for(harness.router.wait_for_playout(), HANG)
     assert (event.playback_position, event.interrupted) == (0.0, True)
 
 
 async def test_an_interruption_waits_for_the_sinks_answer_but_not_forever() -> None:
     harness = Harness(clear_timeout=0.3)
-    avatar = RecordingSink()
+    avatar = harness.sink()
     harness.router.to_avatar(avatar, "avatar-1")
     await harness.say([3000] * 50)
-    await until(lambda: avatar.flushes == 1)
+    await harness.until(lambda: avatar.flushes == 1)
     harness.router.clear_buffer()
-    event = await asyncio.wait_for(harness.router.wait_for_playout(), 1)
+    event = await asyncio.wait_for(harness.router.wait_for_playout(), HANG)
     assert event.playback_position == pytest.approx(0.3)
     assert event.interrupted is True
 
     avatar.answer_clears = False  # a lost answer to lk.clear_buffer
     await harness.say([3000] * 50)
-    await until(lambda: avatar.flushes == 2)
+    await harness.until(lambda: avatar.flushes == 2)
     started = time.monotonic()
     harness.router.clear_buffer()
-    event = await asyncio.wait_for(harness.router.wait_for_playout(), 1)
+    event = await asyncio.wait_for(harness.router.wait_for_playout(), HANG)
     assert event.interrupted
-    assert 0.25 <= time.monotonic() - started < 0.8
+    assert time.monotonic() - started >= 0.25  # it waited for the answer up to the clear timeout
 
 
 async def test_a_new_avatar_takes_over_between_utterances_and_the_agents_track_goes() -> None:
@@ -239,19 +272,19 @@ async def test_a_new_avatar_takes_over_between_utterances_and_the_agents_track_g
     router.to_own_voice()  # the avatar failed to start
     await harness.say([1] * 5)
     own_voice = harness.own_voices[0]
-    await until(lambda: own_voice.output.flushes == 1)
+    await harness.until(lambda: own_voice.output.flushes == 1)
 
-    avatar = RecordingSink()
+    avatar = harness.sink()
     router.to_avatar(avatar, "avatar-2")  # back while the agent's own voice speaks
     assert str(router.route) == "own_voice"
     await run_ready_tasks()
     assert avatar.segments == []  # not within an utterance
     own_voice.output.finish(0.1)
-    await until(lambda: own_voice.closed)
+    await harness.until(lambda: own_voice.closed)
     assert router.route == "avatar"
 
     await harness.say([2] * 5)
-    await until(lambda: avatar.flushes == 1)
+    await harness.until(lambda: avatar.flushes == 1)
     assert levels_of(avatar.segments[0]) == [2] * 5
     assert len(own_voice.output.segments) == 1
 
@@ -259,21 +292,151 @@ async def test_a_new_avatar_takes_over_between_utterances_and_the_agents_track_g
 async def test_an_avatar_chosen_while_idle_takes_over_at_once() -> None:
     harness = Harness()
     harness.router.to_own_voice()
-    avatar = RecordingSink()
+    avatar = harness.sink()
     harness.router.to_avatar(avatar, "avatar-2")
     assert harness.router.route == "avatar"
-    await until(lambda: harness.own_voices[0].closed)
+    await harness.until(lambda: harness.own_voices[0].closed)
 
 
 async def test_speech_captured_after_an_interruption_is_not_played() -> None:
     harness = Harness()
-    avatar = RecordingSink()
+    avatar = harness.sink()
     harness.router.to_avatar(avatar, "avatar-1")
     await harness.router.capture_frame(frame(1))
-    await until(lambda: len(avatar.segments) == 1)
+    await harness.until(lambda: len(avatar.segments) == 1)
     harness.router.clear_buffer()
     await harness.router.capture_frame(frame(2))
     harness.router.flush()
-    event: PlaybackFinishedEvent = await asyncio.wait_for(harness.router.wait_for_playout(), 1)
+    event: PlaybackFinishedEvent = await asyncio.wait_for(harness.router.wait_for_playout(), HANG)
     assert event.interrupted
     assert levels_of(avatar.segments[0]) == [1]
+
+
+# -- confirmations belong to segments, in order -----------------------------------------------
+
+
+async def test_a_confirmation_that_comes_after_the_grace_does_not_end_the_next_utterance() -> None:
+    harness = Harness(playout_grace=0.2)
+    router = harness.router
+    avatar = harness.sink()
+    router.to_avatar(avatar, "avatar-1")
+    await harness.say([3000] * 5)  # U: 0.1 s, its confirmation late
+    await asyncio.wait_for(router.wait_for_playout(), HANG)
+    assert harness.unconfirmed == ["avatar"]
+
+    await harness.say([3000] * 100)  # V: 2 s, so its own grace is far off
+    await harness.until(lambda: avatar.flushes == 2)
+    playout = asyncio.create_task(router.wait_for_playout())
+    avatar.finish(0.1)  # U's, late
+    await run_ready_tasks()
+    assert not playout.done()  # V is not over because U's answer came
+    avatar.finish(1.5, interrupted=True)  # V's own
+    event = await asyncio.wait_for(playout, HANG)
+    assert event.playback_position == pytest.approx(1.5)
+    assert event.interrupted is True
+
+
+async def test_a_late_answer_to_an_interruption_does_not_end_the_next_utterance() -> None:
+    harness = Harness(clear_timeout=0.2)
+    router = harness.router
+    avatar = harness.sink()
+    avatar.answer_clears = False  # the answer to the clear comes, but after the router gave up
+    router.to_avatar(avatar, "avatar-1")
+    await harness.say([3000] * 50)  # U
+    await harness.until(lambda: avatar.flushes == 1)
+    router.clear_buffer()
+    event = await asyncio.wait_for(router.wait_for_playout(), HANG)
+    assert event.interrupted
+
+    await harness.say([3000] * 100)  # V
+    await harness.until(lambda: avatar.flushes == 2)
+    playout = asyncio.create_task(router.wait_for_playout())
+    avatar.finish(0.4, interrupted=True)  # U's, late
+    await run_ready_tasks()
+    assert not playout.done()
+    avatar.finish(2.0)  # V's own
+    event = await asyncio.wait_for(playout, HANG)
+    assert event.playback_position == pytest.approx(2.0)
+    assert event.interrupted is False
+
+
+async def test_a_confirmation_given_up_on_long_ago_no_longer_holds_a_place() -> None:
+    """An avatar that never confirms U must not shift every later confirmation by one."""
+    harness = Harness(playout_grace=0.1, late_confirmation=0.3)
+    router = harness.router
+    avatar = harness.sink()
+    router.to_avatar(avatar, "avatar-1")
+    await harness.say([3000] * 5)  # U, never confirmed
+    await asyncio.wait_for(router.wait_for_playout(), HANG)
+    forgotten = time.monotonic()
+    await harness.until(lambda: harness.lost_confirmations == ["avatar"])
+    assert time.monotonic() - forgotten >= 0.25
+
+    await harness.say([3000] * 100)  # V
+    await harness.until(lambda: avatar.flushes == 2)
+    avatar.finish(0.7)  # V's
+    event = await asyncio.wait_for(router.wait_for_playout(), HANG)
+    assert event.playback_position == pytest.approx(0.7)
+    assert event.interrupted is False
+
+
+# -- after the job ---------------------------------------------------------------------------
+
+
+async def test_after_close_no_sink_is_taken_and_no_own_track_is_made() -> None:
+    harness = Harness()
+    router = harness.router
+    await router.aclose()
+    router.to_own_voice()
+    router.to_avatar(avatar := harness.sink(), "avatar-2")
+    assert harness.own_voices == []
+    assert router.route == "held"
+    # speech that still comes (the session's last words) ends at once, unheard
+    await harness.say([3000] * 5)
+    event = await asyncio.wait_for(router.wait_for_playout(), HANG)
+    assert (event.playback_position, event.interrupted) == (0.0, True)
+    assert avatar.segments == []
+
+
+# -- sinks that fail or stall ----------------------------------------------------------------
+
+
+async def test_an_own_voice_that_fails_ends_each_turn_unheard_says_so_once_and_is_replaced() -> (
+    None
+):
+    harness = Harness()
+    harness.failing_own_voices = 1
+    router = harness.router
+    router.to_own_voice()
+    for _ in range(2):
+        await harness.say([3000] * 5)
+        event = await asyncio.wait_for(router.wait_for_playout(), HANG)
+        assert (event.playback_position, event.interrupted) == (0.0, True)
+    assert [kind for kind, _ in harness.failures] == ["own_voice"]
+
+    router.to_own_voice()  # try again: a new own voice, the failed one closed
+    assert len(harness.own_voices) == 2
+    await harness.until(lambda: harness.own_voices[0].closed)
+    await harness.say([7] * 5)
+    fresh = harness.own_voices[1].output
+    await harness.until(lambda: fresh.flushes == 1)
+    assert levels_of(fresh.segments[0]) == [7] * 5
+    fresh.finish(0.1)
+    event = await asyncio.wait_for(router.wait_for_playout(), HANG)
+    assert event.interrupted is False
+
+
+async def test_a_sink_that_takes_no_audio_ends_the_turn_after_the_capture_bound() -> None:
+    harness = Harness(capture_timeout=0.3)
+    router = harness.router
+    avatar = harness.sink()
+    avatar.stalled = True
+    router.to_avatar(avatar, "avatar-1")
+    started = time.monotonic()
+    await harness.say([3000] * 5)
+    event = await asyncio.wait_for(router.wait_for_playout(), HANG)
+    assert time.monotonic() - started >= 0.3
+    assert event.interrupted is True
+    assert [(kind, type(error).__name__) for kind, error in harness.failures] == [
+        ("avatar", "SinkStalledError")
+    ]
