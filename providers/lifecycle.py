@@ -38,6 +38,7 @@ AvatarEvent = Literal[
     "left",  # the avatar left mid-call or stopped its video: the agent took its voice back
     "recovered",  # a new avatar is up after one left
     "removed",  # an avatar that was not (or no longer) wanted joined, and was removed
+    "voice_failed",  # the agent's own voice could not be published: turns end unheard meanwhile
     "unconfirmed",  # the avatar did not confirm an utterance played; the turn went on without it
     "ended",  # every provider session of the job was ended, as far as the provider allows
 ]

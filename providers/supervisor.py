@@ -30,7 +30,6 @@ from typing import Any
 
 from livekit import rtc
 from livekit.agents import AgentSession, utils
-from livekit.agents.voice.avatar import DataStreamAudioOutput
 from livekit.agents.voice.events import MetricsCollectedEvent
 from livekit.agents.voice.room_io.types import DEFAULT_CLOSE_ON_DISCONNECT_REASONS
 
@@ -47,13 +46,15 @@ from .session import (
     ProviderStartRequest,
     describe,
 )
-from .speech_router import SinkKind, SpeechRouter
+from .speech_router import SinkKind, SpeechRouter, avatar_output
 from .status import AvatarStatusAttributes
 
 logger = logging.getLogger("avatar.supervisor")
 
 # Restarts wait 0.25-0.5 s, then 0.5-1 s, ... (equal jitter), at most 8 s.
 RESTART_BACKOFF = RetryPolicy(base_delay=0.5, max_delay=8.0)
+# How many times a new own voice is made after one could not be published.
+OWN_VOICE_RETRIES = 3
 
 
 class AvatarState(enum.Enum):
@@ -127,6 +128,8 @@ class AvatarSupervisor:
             guard=self.guard, timeline=timeline, join_timeout=self._options.join_timeout
         )
         self._state = AvatarState.STARTING
+        self._own_voice_retries = 0
+        self._voice_retries: set[asyncio.Task[None]] = set()
         self._state_changed = asyncio.Event()
         self._avatar: ProviderAvatarSession | None = None  # starting, or live (speech goes to it)
         self._left_at: float | None = None
@@ -288,14 +291,7 @@ class AvatarSupervisor:
             return False
         self._enter(AvatarState.LIVE)
         self.router.to_avatar(
-            DataStreamAudioOutput(
-                self._room,
-                destination_identity=identity,
-                sample_rate=session.sample_rate,
-                wait_remote_track=rtc.TrackKind.KIND_VIDEO,
-                clear_buffer_timeout=self._options.clear_buffer_timeout,
-            ),
-            identity,
+            avatar_output(self._room, identity, sample_rate=session.sample_rate), identity
         )
         if first:
             self._timeline.mark("avatar_joined")
@@ -395,6 +391,33 @@ class AvatarSupervisor:
     def _on_sink_failed(self, kind: SinkKind, error: BaseException) -> None:
         if kind == "avatar" and self._live_identity() is not None:
             self._avatar_lost(f"speech to it failed ({describe(error)})")
+        elif kind == "own_voice" and not self._ending:
+            self._own_voice_failed(error)
+
+    def _own_voice_failed(self, error: BaseException) -> None:
+        """The agent's own track could not be published: its turns end unheard (never hang). Say
+        so, and make a new own voice after a backoff, a bounded number of times."""
+        attempt = self._own_voice_retries
+        self._timeline.event(
+            "voice_failed",
+            level=logging.ERROR,
+            reason=f"the agent's own voice failed ({describe(error)})",
+            attempt=attempt,
+        )
+        if attempt >= OWN_VOICE_RETRIES:
+            return
+        self._own_voice_retries += 1
+        self._spawn_retry(RESTART_BACKOFF.backoff(attempt, self._rng))
+
+    def _spawn_retry(self, delay: float) -> None:
+        async def retry() -> None:
+            await asyncio.sleep(delay)
+            if not self._ending and self._state is not AvatarState.LIVE:
+                self.router.to_own_voice()
+
+        task = asyncio.ensure_future(retry())
+        self._voice_retries.add(task)
+        task.add_done_callback(self._voice_retries.discard)
 
     def _on_unconfirmed(self, kind: SinkKind, duration: float) -> None:
         if self._ending:
@@ -467,6 +490,7 @@ class AvatarSupervisor:
     async def _stopped_running(self) -> None:
         if self._run_task is not None:
             await utils.aio.cancel_and_wait(self._run_task)
+        await utils.aio.cancel_and_wait(*self._voice_retries)
 
     async def _bounded(self, what: str, work: Awaitable[None]) -> None:
         """A step of the end that is not ending a session: it may fail or hang, never hold it up."""

@@ -12,8 +12,9 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
-from livekit import rtc
+from livekit import api, rtc
 from livekit.agents import AgentSession
 
 from config import Settings, load_settings
@@ -593,3 +594,52 @@ async def test_a_participant_that_speaks_on_behalf_of_this_agent_is_removed_all_
         await gone(harness.room, "someone-speaking-for-our-agent")
     finally:
         await stray.disconnect()
+
+
+async def test_an_own_voice_that_cannot_be_published_is_reported_and_made_again(
+    livekit_server: LiveKitServer,
+    lemonslice: tuple[LemonSliceEmulator, LocalAvatarLauncher],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """No avatar, and the agent may not publish: each turn ends unheard (never hangs), the failure
+    is a lifecycle event, and a new own voice is tried after a backoff."""
+    monkeypatch.chdir(tmp_path)
+    emulator, _ = lemonslice
+    emulator.inject("create", StatusFault(402, "no active plan"))
+    name = f"supervisor-{uuid.uuid4().hex[:8]}"
+    room = await connect_participant(
+        livekit_server,
+        name,
+        AGENT,
+        kind="agent",
+        grants=api.VideoGrants(room_join=True, room=name, can_publish=False),
+    )
+    harness = Harness(livekit_server, room)
+    try:
+        supervisor = harness.start(harness.settings("lemonslice", emulator))
+        await harness.log.wait_for("failed")
+
+        async def speak_until_reported(count: int) -> None:
+            async with asyncio.timeout(60):
+                while len(harness.log.named("voice_failed")) < count:
+                    await _say(supervisor, 0.2)
+
+        await speak_until_reported(2)  # the first own voice, then the one made again
+        first, second = harness.log.named("voice_failed")[:2]
+        assert (first.attempt, second.attempt) == (0, 1)
+        assert first.reason is not None and "own voice" in first.reason
+    finally:
+        for supervisor in harness.supervisors:
+            await supervisor.aclose()
+        await room.disconnect()
+
+
+async def _say(supervisor: AvatarSupervisor, seconds: float) -> None:
+    rate = 16000
+    samples = np.full(rate // 50, 3000, dtype=np.int16)
+    for _ in range(round(seconds * 50)):
+        await supervisor.router.capture_frame(
+            rtc.AudioFrame(samples.tobytes(), rate, 1, samples.size)
+        )
+    supervisor.router.flush()
