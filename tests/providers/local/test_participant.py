@@ -16,6 +16,7 @@ from livekit.agents import utils
 from livekit.agents.voice.avatar import DataStreamAudioOutput
 from livekit.agents.voice.io import PlaybackFinishedEvent
 
+import providers.local
 from providers.local import LocalAvatarOptions, LocalAvatarParticipant
 from providers.local.video import FaceRenderer
 from tests.support.livekit_server import (
@@ -24,6 +25,7 @@ from tests.support.livekit_server import (
     mint_token,
     server_api,
 )
+from tests.support.tasks import running_tasks_from
 
 SMALL_VIDEO = LocalAvatarOptions(video_width=320, video_height=240)
 TONE_HZ = 440.0
@@ -347,8 +349,8 @@ async def test_start_raises_when_the_server_rejects_the_token(
     with pytest.raises(rtc.ConnectError):
         await asyncio.wait_for(avatar.start(), TIMEOUT)
     await asyncio.wait_for(avatar.wait_closed(), TIMEOUT)
-    leftover = {t for t in asyncio.all_tasks() - before if not t.done()}
-    assert not leftover, [t.get_name() for t in leftover]
+    assert running_tasks_from(providers.local, since=before) == []
+    assert avatar.room is None or not avatar.room.isconnected()
 
 
 async def _wait_participant_gone(room: rtc.Room, identity: str) -> None:
@@ -385,12 +387,8 @@ async def test_removal_by_the_server_closes_it_without_leftover_tasks(
         await asyncio.wait_for(session.avatar.wait_closed(), TIMEOUT)
 
         assert session.avatar.closed
-        leftover = {
-            t
-            for t in asyncio.all_tasks() - before
-            if t is not asyncio.current_task() and not t.done()
-        }
-        assert not leftover, [t.get_name() for t in leftover]
+        assert running_tasks_from(providers.local, since=before) == []
+        assert session.avatar.room is None or not session.avatar.room.isconnected()
         await asyncio.wait_for(
             _wait_participant_gone(session.agent, session.avatar.identity), TIMEOUT
         )
