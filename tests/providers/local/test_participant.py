@@ -224,11 +224,13 @@ async def test_publishes_camera_and_microphone_before_anyone_subscribes(
         )
 
         # Frames keep coming with no one watching and nothing said, never faster than the configured
-        # 24 fps; the floor is loose because a busy machine slows them (the rate is the benchmark's business).
+        # 24 fps (a busy machine only slows them; the rate is the benchmark's business).
         frames_before, t0 = session.avatar.stats.video_frames, time.monotonic()
-        await asyncio.sleep(1.0)  # a counting window, not waiting for an event
-        frames = session.avatar.stats.video_frames - frames_before
-        assert 6 <= frames <= 24.0 * (time.monotonic() - t0) + 2, frames
+        stats = await asyncio.wait_for(
+            session.avatar.wait_for_stats(lambda s: s.video_frames >= frames_before + 12), TIMEOUT
+        )
+        frames = stats.video_frames - frames_before
+        assert frames <= 24.0 * (time.monotonic() - t0) + 2, frames
         assert session.avatar.stats.speech_seconds == 0.0
 
 
@@ -281,8 +283,11 @@ async def play_part_of_a_long_segment(
     output.on("playback_started", lambda _ev: started.set())
     await play(output, tone_frames(24000, LONG_SEGMENT_S))
     await asyncio.wait_for(started.wait(), TIMEOUT)
-    # No event marks "some audio was heard": this is the playback time the interruption cuts into.
-    await asyncio.sleep(PLAY_BEFORE_INTERRUPT_S)
+    # The playback time the interruption cuts into, as the avatar counts it.
+    await asyncio.wait_for(
+        session.avatar.wait_for_stats(lambda s: s.speech_seconds >= PLAY_BEFORE_INTERRUPT_S),
+        TIMEOUT,
+    )
     return output, started
 
 
