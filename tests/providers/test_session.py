@@ -103,7 +103,7 @@ async def test_a_terminate_that_gets_no_answer_says_why_and_counts_the_session(
     lemonslice_emulator.inject("control", *[Hang()] * 4)
     started = time.monotonic()
     outcome = await session.stop()
-    assert time.monotonic() - started < 1.5
+    assert time.monotonic() - started < 0.6 + 1.0  # the stop timeout, and a loaded machine's margin
     assert outcome.unended is not None
     assert outcome.unended.startswith("ProviderTimeoutError: lemonslice terminate session")
     assert len(lemonslice_emulator.active_sessions) == 1  # it is still billing, and we say so

@@ -199,7 +199,9 @@ async def test_a_provider_that_never_answers_ends_at_the_deadline(
     with pytest.raises(ProviderTimeoutError):
         await start(client(http_session, anam_emulator, policy))
     elapsed = time.monotonic() - started
-    assert 1.5 <= elapsed < 2.5, elapsed  # three attempts of 0.5 s plus two short backoffs
+    # three attempts of 0.5 s plus two short backoffs: over when the attempts ran out, not at
+    # the deadline (the margin is a loaded machine's)
+    assert 1.5 <= elapsed < policy.call_deadline - 0.5, elapsed
     assert len(anam_emulator.requests_for("session_token")) == 3
 
 
