@@ -130,7 +130,13 @@ async def test_speaking_over_a_reply_interrupts_it_at_the_avatar(
             # The agent answers the new question; by then the avatar had been told to stop
             # (lk.clear_buffer) and had answered lk.playback_finished with interrupted=true,
             # which the agent's transcript of the cut-off answer reflects.
-            second = await user.wait_for_transcript(agent.identity, "Hello! I am an avatar")
+            try:
+                second = await user.wait_for_transcript(
+                    agent.identity, "Hello! I am an avatar", timeout=60
+                )
+            except TimeoutError:
+                heard = [(t.speaker, t.text) for t in user.transcripts if t.final]
+                raise AssertionError(f"no answer to the second question; heard: {heard}") from None
             assert second.text.strip() == f"Hello! {WHO_AM_I}"
             assert avatar.stats.segments_interrupted >= 1
             assert avatar.stats.input_sample_rates == (16000,)
