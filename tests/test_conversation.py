@@ -135,8 +135,8 @@ async def test_speaking_over_a_reply_interrupts_it_at_the_avatar(
                     agent.identity, "Hello! I am an avatar", timeout=60
                 )
             except TimeoutError:
-                heard = [(t.speaker, t.text) for t in user.transcripts if t.final]
-                raise AssertionError(f"no answer to the second question; heard: {heard}") from None
+                finals = [(t.speaker, t.text) for t in user.transcripts if t.final]
+                raise AssertionError(f"no answer to the second question; heard: {finals}") from None
             assert second.text.strip() == f"Hello! {WHO_AM_I}"
             assert avatar.stats.segments_interrupted >= 1
             assert avatar.stats.input_sample_rates == (16000,)
