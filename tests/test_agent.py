@@ -133,7 +133,9 @@ def test_the_load_threshold_is_livekits_own_unless_configured(
     from agent import create_server
     from config import load_settings
 
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.chdir(tmp_path)  # no .env
+    for variable in ("AGENT_MAX_JOBS", "AGENT_LOAD_THRESHOLD"):  # nor the caller's own settings
+        monkeypatch.delenv(variable, raising=False)
     base = {"livekit_url": "ws://127.0.0.1:7880", "livekit_api_key": "k", "livekit_api_secret": "s"}
     assert create_server(load_settings(**base))._load_threshold is _default_load_threshold
     assert create_server(load_settings(**base, agent_load_threshold="0.5"))._load_threshold == 0.5

@@ -1,7 +1,7 @@
 """End to end: the offline conversation, on a real livekit-server with the worker as a process.
 
-No account and no model: the user speaks into a microphone track (sentences eSpeak NG says in the
-test) or types (lk.chat); the agent hears the speech with Silero VAD and PocketSphinx, the offline
+No account and no model: the user speaks into a microphone track (recordings of eSpeak NG, see
+tests/support/spoken.py) or types (lk.chat); the agent hears the speech with Silero VAD and PocketSphinx, the offline
 responder answers, the agent speaks the answer through the avatar, and the transcripts of both sides
 reach the user as lk.transcription. Speaking over a reply interrupts it at the avatar.
 """
@@ -17,13 +17,13 @@ from pathlib import Path
 import pytest
 from livekit import rtc
 
-from speech.espeak_tts import default_engine
 from speech.responder import WHO_AM_I
 from tests.support.avatar_launcher import LocalAvatarLauncher
 from tests.support.dispatch import dispatch_to_workers
 from tests.support.emulators import LemonSliceEmulator
 from tests.support.livekit_server import LiveKitServer, server_api
 from tests.support.room_user import AGENT_STATE_ATTRIBUTE, AUDIBLE_RMS, RoomUser
+from tests.support.spoken import spoken as recording
 from tests.support.worker import running_worker
 
 pytestmark = pytest.mark.e2e
@@ -37,11 +37,10 @@ WHO_ARE_YOU = "who are you"
 HELLO_WHO_ARE_YOU = "hello, who are you?"
 
 
-async def spoken(text: str) -> tuple[bytes, int]:
-    """`text` in eSpeak NG's en-us voice: 16-bit mono PCM and its sample rate."""
-    engine = default_engine()
-    pcm = await engine.render(text, voice="en-us", words_per_minute=175)
-    return pcm, engine.sample_rate
+def spoken(text: str) -> tuple[bytes, int]:
+    """`text` in eSpeak NG's en-us voice, recorded: 16-bit mono PCM and its sample rate."""
+    frame = recording(text)
+    return bytes(frame.data), frame.sample_rate
 
 
 @asynccontextmanager
@@ -81,7 +80,7 @@ async def test_spoken_and_typed_questions_get_spoken_answers_through_the_avatar(
     async with conversation(livekit_server, tmp_path, local, AVATAR) as (user, agent):
         ear = await user.listen(AVATAR)
 
-        pcm, rate = await spoken(WHO_ARE_YOU)
+        pcm, rate = spoken(WHO_ARE_YOU)
         said_at = await user.speak(pcm, rate)
 
         # What the agent heard, and what it answered, both as transcripts ...
@@ -118,20 +117,26 @@ async def test_speaking_over_a_reply_interrupts_it_at_the_avatar(
             greeting_segments = avatar.stats.segments_started
 
             # A question with a long answer (about 8 s) ...
-            pcm, rate = await spoken(WHO_ARE_YOU)
+            pcm, rate = spoken(WHO_ARE_YOU)
             said_at = await user.speak(pcm, rate)
             await ear.first_sound_after(said_at, threshold=AUDIBLE_RMS)
             assert avatar.stats.segments_started > greeting_segments
             assert avatar.stats.segments_interrupted == 0
 
             # ... and while the avatar says it, the user speaks again.
-            pcm, rate = await spoken(HELLO_WHO_ARE_YOU)
+            pcm, rate = spoken(HELLO_WHO_ARE_YOU)
             await user.speak(pcm, rate)
 
             # The agent answers the new question; by then the avatar had been told to stop
             # (lk.clear_buffer) and had answered lk.playback_finished with interrupted=true,
             # which the agent's transcript of the cut-off answer reflects.
-            second = await user.wait_for_transcript(agent.identity, "Hello! I am an avatar")
+            try:
+                second = await user.wait_for_transcript(
+                    agent.identity, "Hello! I am an avatar", timeout=60
+                )
+            except TimeoutError:
+                finals = [(t.speaker, t.text) for t in user.transcripts if t.final]
+                raise AssertionError(f"no answer to the second question; heard: {finals}") from None
             assert second.text.strip() == f"Hello! {WHO_AM_I}"
             assert avatar.stats.segments_interrupted >= 1
             assert avatar.stats.input_sample_rates == (16000,)

@@ -289,31 +289,57 @@ async def test_a_failing_provider_leaves_the_agent_speaking_in_its_own_voice(
                 await user.leave()
 
 
+FULL = "worker is at full capacity, marking as unavailable"
+AVAILABLE = "worker is below capacity, marking as available"
+
+
+def _times_logged(worker: WorkerProcess, message: str) -> int:
+    return sum(1 for record in worker.records if record.get("message") == message)
+
+
+async def _logs_again(worker: WorkerProcess, message: str, times_before: int) -> None:
+    await worker.wait_until(lambda: _times_logged(worker, message) > times_before, timeout=30)
+
+
 async def test_two_workers_share_ten_dispatches(
     livekit_server: LiveKitServer,
     tmp_path: Path,
 ) -> None:
+    """Each worker takes one job at a time (AGENT_MAX_JOBS=1): while one is busy, the next job
+    goes to the other. Which worker takes a job when both are free is the server's random pick, so
+    the jobs go in pairs, the second sent once the first's worker has told the server it is full."""
     agent_name = f"e2e-pair-{uuid.uuid4().hex[:6]}"
-    env = worker_environment(livekit_server, agent_name, {"AVATAR_PROVIDER": "local"})
+    env = worker_environment(
+        livekit_server, agent_name, {"AVATAR_PROVIDER": "local", "AGENT_MAX_JOBS": "1"}
+    )
     workers = [WorkerProcess(env, cwd=tmp_path) for _ in range(2)]
     try:
         await asyncio.gather(*(w.start() for w in workers))
-        rooms = [f"room-pair-{i}-{uuid.uuid4().hex[:6]}" for i in range(10)]
+        served: list[int] = []
         async with server_api(livekit_server) as lk:
-            served: dict[str, int] = {}
-            for room in rooms:
-                # one job at a time, each ended before the next: two cores cannot run ten avatars at once
-                taker = await dispatch_to_workers(lk, agent_name, room, workers)
-                served[room] = taker
-                await workers[taker].wait_for_log(_logged_in(room, "avatar joined"), timeout=60)
-                await lk.room.delete_room(api.DeleteRoomRequest(room=room))
-                await workers[taker].wait_for_log(
-                    _logged_in(room, "local avatar session closed"), timeout=60
-                )
-        per_worker = [list(served.values()).count(i) for i in range(2)]
+            for pair in range(5):
+                rooms = [f"room-pair-{pair}-{n}-{uuid.uuid4().hex[:6]}" for n in range(2)]
+                takers: list[int] = []
+                for room in rooms:
+                    full_before = [_times_logged(w, FULL) for w in workers]
+                    taker = await dispatch_to_workers(lk, agent_name, room, workers)
+                    await workers[taker].wait_for_log(_logged_in(room, "avatar joined"), timeout=60)
+                    await _logs_again(workers[taker], FULL, full_before[taker])
+                    takers.append(taker)
+                assert takers[1] != takers[0], "a worker at capacity was given a second job"
+                served += takers
+                available_before = [_times_logged(w, AVAILABLE) for w in workers]
+                for room, taker in zip(rooms, takers, strict=True):
+                    await lk.room.delete_room(api.DeleteRoomRequest(room=room))
+                    await workers[taker].wait_for_log(
+                        _logged_in(room, "local avatar session closed"), timeout=60
+                    )
+                # Both free again, as the server knows, before the next pair.
+                for worker, before in zip(workers, available_before, strict=True):
+                    await _logs_again(worker, AVAILABLE, before)
+        per_worker = [served.count(i) for i in range(2)]
         print(f"\ndispatches per worker: {per_worker}")
-        assert sum(per_worker) == 10
-        assert min(per_worker) >= 1, per_worker
+        assert per_worker == [5, 5]
     finally:
         for worker in workers:
             await worker.stop()

@@ -333,6 +333,7 @@ class LocalAvatarParticipant:
         self._started = False
         self._listening = asyncio.Event()
         self._clear_generation = 0
+        self._frame_rendered = asyncio.Event()  # replaced by a new one after each frame
 
     def __repr__(self) -> str:
         return f"LocalAvatarParticipant(identity={self._identity!r}, url={self._url!r})"
@@ -365,6 +366,15 @@ class LocalAvatarParticipant:
             speech_seconds=c.speech_samples / self._options.audio_sample_rate,
             input_sample_rates=tuple(c.input_sample_rates),
         )
+
+    async def wait_for_stats(
+        self, condition: Callable[[LocalAvatarStats], bool]
+    ) -> LocalAvatarStats:
+        """The stats once `condition` holds for them, checked after every rendered frame (the
+        counters move as frames are made). Waits forever on an avatar that stopped: bound it."""
+        while not condition(stats := self.stats):
+            await self._frame_rendered.wait()
+        return stats
 
     @property
     def closed(self) -> bool:
@@ -584,6 +594,8 @@ class LocalAvatarParticipant:
             shown_level = max(heard_level, 0.6 * shown_level)
             video_source.capture_frame(self._renderer.render(shown_level, now - animation_start))
             self._counters.video_frames += 1
+            rendered, self._frame_rendered = self._frame_rendered, asyncio.Event()
+            rendered.set()
 
             tick += 1
             delay = clock_start + tick / fps - loop.time()

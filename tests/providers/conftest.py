@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import re
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
@@ -66,3 +67,13 @@ def avatar_token(room: str = "room-1", ttl: timedelta = timedelta(minutes=10)) -
 
 def gaps(times: list[float]) -> list[float]:
     return [later - earlier for earlier, later in itertools.pairwise(times)]
+
+
+def chosen_delays(caplog: pytest.LogCaptureFixture) -> list[float]:
+    """The waits before each retry, as the client logged them (to 0.01 s)."""
+    return [float(m) for m in re.findall(r"retrying in ([0-9.]+)s", caplog.text)]
+
+
+# The time between two requests is the client's wait plus a round trip and the loop's wake-up; on a
+# loaded machine that can take this long on top.
+ROUND_TRIP_HEADROOM = 1.0

@@ -85,13 +85,12 @@ async def test_a_stop_before_the_billed_step_abandons_the_start(
     session = AnamAvatarSession(
         api=api, persona=PersonaConfig(name="Cara", avatar_id="a-1"), identity="x", options=OPTIONS
     )
-    anam_emulator.inject("session_token", SucceedSlow(seconds=2.0))
+    anam_emulator.inject("session_token", SucceedSlow())  # the token comes only at the end
     starting = asyncio.create_task(session.start(request()))
     async with asyncio.timeout(5):
         await anam_emulator.wait_until(lambda: len(anam_emulator.requests) == 1)
-    stopped_at = time.monotonic()
-    outcome = await session.stop()
-    assert time.monotonic() - stopped_at < 0.5  # no waiting for a token nobody will use
+    async with asyncio.timeout(3):  # no waiting for a token nobody will use
+        outcome = await session.stop()
     assert outcome.session_id is None
     # the start is over (so it can ask for nothing more), and it asked for no engine session
     (result,) = await asyncio.gather(starting, return_exceptions=True)
@@ -110,7 +109,7 @@ async def test_a_terminate_that_gets_no_answer_says_why_and_counts_the_session(
     lemonslice_emulator.inject("control", *[Hang()] * 4)
     started = time.monotonic()
     outcome = await session.stop()
-    assert time.monotonic() - started < 1.5
+    assert time.monotonic() - started < 0.6 + 1.0  # the stop timeout, and a loaded machine's margin
     assert outcome.unended is not None
     assert outcome.unended.startswith("ProviderTimeoutError: lemonslice terminate session")
     assert len(lemonslice_emulator.active_sessions) == 1  # it is still billing, and we say so

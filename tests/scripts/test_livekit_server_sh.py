@@ -7,8 +7,10 @@ looks finished, and no scratch folder, in the cache.
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
@@ -125,6 +127,25 @@ def test_scratch_left_by_a_killed_build_is_swept_by_the_next_one(tmp_path: Path)
     assert sorted(p.name for p in cache.iterdir()) == ["server"]
 
 
+def read_line(fifo: Path, process: subprocess.Popen[str], *, timeout: float) -> str:
+    """A line from `fifo`, failing (rather than blocking for ever) if `process` ends first."""
+    descriptor = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # no waiting for a writer
+    try:
+        data = b""
+        deadline = time.monotonic() + timeout
+        while b"\n" not in data:
+            if process.poll() is not None:
+                raise AssertionError(f"the script ended ({process.returncode}) before {data!r}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"nothing on {fifo} in {timeout} s")
+            readable, _, _ = select.select([descriptor], [], [], 0.1)
+            if readable:
+                data += os.read(descriptor, 4096)
+        return data.decode().split("\n", 1)[0]
+    finally:
+        os.close(descriptor)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_an_interrupted_build_leaves_no_binary_and_no_scratch(
     tmp_path: Path, sig: signal.Signals
@@ -151,8 +172,7 @@ def test_an_interrupted_build_leaves_no_binary_and_no_scratch(
         text=True,
     )
     try:
-        with started.open() as fifo:  # blocks until the stub is half-way
-            assert fifo.readline().strip() == "building"
+        assert read_line(started, install, timeout=60) == "building"  # the stub is half-way
         install.send_signal(sig)
         _, stderr = install.communicate(timeout=10)
     finally:

@@ -9,7 +9,6 @@ import json
 import os
 import signal
 from collections.abc import Iterator
-from pathlib import Path
 
 import psutil
 import pytest
@@ -18,7 +17,8 @@ from speech.decoder_server import DecoderServer
 from speech.responder import INTENT_PHRASES
 from speech.sphinx_decoder import DEFAULT_PHRASE_MARGIN, LENGTH
 from speech.sphinx_stt import DECODER_SERVER_ENV, SphinxSTT, decoder_config, to_model_pcm
-from tests.speech.test_sphinx_stt import espeak_wav, read_wav, transcribe
+from tests.speech.test_sphinx_stt import transcribe
+from tests.support.spoken import spoken
 
 
 @pytest.fixture
@@ -36,9 +36,9 @@ def parent_of(pid: int) -> int:
 
 
 async def test_a_jobs_decoder_is_forked_from_the_loaded_model(
-    server: DecoderServer, tmp_path: Path
+    server: DecoderServer,
 ) -> None:
-    frame = read_wav(await espeak_wav("who are you", tmp_path))
+    frame = spoken("who are you")
     first, second = SphinxSTT(phrases=INTENT_PHRASES), SphinxSTT(phrases=INTENT_PHRASES)
     try:
         heard = await asyncio.gather(transcribe(first, frame), transcribe(second, frame))
@@ -53,10 +53,10 @@ async def test_a_jobs_decoder_is_forked_from_the_loaded_model(
 
 
 async def test_closing_the_stt_ends_its_forked_decoder(
-    server: DecoderServer, tmp_path: Path
+    server: DecoderServer,
 ) -> None:
     voice = SphinxSTT(phrases=INTENT_PHRASES)
-    await transcribe(voice, read_wav(await espeak_wav("hello", tmp_path)))
+    await transcribe(voice, spoken("hello"))
     pid = voice.decoder_pid
     assert pid is not None and parent_of(pid) == server.process.pid
 
@@ -67,9 +67,9 @@ async def test_closing_the_stt_ends_its_forked_decoder(
     assert not psutil.pid_exists(pid)
 
 
-async def decodes_in_a_process_of_its_own(voice: SphinxSTT, said: str, tmp_path: Path) -> None:
+async def decodes_in_a_process_of_its_own(voice: SphinxSTT, said: str) -> None:
     try:
-        result = await transcribe(voice, read_wav(await espeak_wav(said, tmp_path)))
+        result = await transcribe(voice, spoken(said))
 
         assert result.text == said
         assert voice.decoder_pid is not None
@@ -79,28 +79,26 @@ async def decodes_in_a_process_of_its_own(voice: SphinxSTT, said: str, tmp_path:
 
 
 async def test_other_phrases_get_a_decoder_of_their_own(
-    server: DecoderServer, tmp_path: Path
+    server: DecoderServer,
 ) -> None:
-    await decodes_in_a_process_of_its_own(
-        SphinxSTT(phrases=["hello", "goodbye"]), "goodbye", tmp_path
-    )
+    await decodes_in_a_process_of_its_own(SphinxSTT(phrases=["hello", "goodbye"]), "goodbye")
 
 
 async def test_without_a_listening_server_the_job_starts_its_own_decoder(
-    server: DecoderServer, tmp_path: Path
+    server: DecoderServer,
 ) -> None:
     os.kill(server.process.pid, signal.SIGKILL)
     server.process.wait()
     assert os.environ[DECODER_SERVER_ENV] == str(server.socket_path)
 
-    await decodes_in_a_process_of_its_own(SphinxSTT(phrases=INTENT_PHRASES), "help", tmp_path)
+    await decodes_in_a_process_of_its_own(SphinxSTT(phrases=INTENT_PHRASES), "help")
 
 
 async def test_a_forked_decoder_that_dies_is_replaced(
-    server: DecoderServer, tmp_path: Path
+    server: DecoderServer,
 ) -> None:
     voice = SphinxSTT(phrases=INTENT_PHRASES)
-    frame = read_wav(await espeak_wav("who are you", tmp_path))
+    frame = spoken("who are you")
     try:
         await transcribe(voice, frame)
         first = voice.decoder_pid
@@ -116,14 +114,12 @@ async def test_a_forked_decoder_that_dies_is_replaced(
         await voice.aclose()
 
 
-async def test_the_server_ends_with_its_worker_and_a_jobs_decoder_with_its_job(
-    tmp_path: Path,
-) -> None:
-    server = DecoderServer.start(INTENT_PHRASES)
-    server.wait_ready()
+async def test_the_server_ends_with_its_worker_and_a_jobs_decoder_with_its_job() -> None:
+    frame = spoken("hello")
     voice = SphinxSTT(phrases=INTENT_PHRASES)
-    frame = read_wav(await espeak_wav("hello", tmp_path))
+    server = DecoderServer.start(INTENT_PHRASES)
     try:
+        server.wait_ready()
         await transcribe(voice, frame)
         decoder = voice.decoder_pid
         assert decoder is not None
@@ -143,11 +139,11 @@ async def test_the_server_ends_with_its_worker_and_a_jobs_decoder_with_its_job(
 
 
 async def test_a_job_gone_mid_request_leaves_the_server_serving(
-    server: DecoderServer, tmp_path: Path
+    server: DecoderServer,
 ) -> None:
     """A decoder whose job vanished before its reply fails to write it; that failure ends that
     decoder only (it must not run the server's cleanup, which would remove the server's socket)."""
-    frame = read_wav(await espeak_wav("who are you", tmp_path))
+    frame = spoken("who are you")
     pcm = to_model_pcm([frame])
     reader, writer = await asyncio.open_unix_connection(str(server.socket_path))
     writer.write(decoder_config(INTENT_PHRASES, DEFAULT_PHRASE_MARGIN).encode() + b"\n")

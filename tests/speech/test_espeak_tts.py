@@ -157,29 +157,44 @@ async def test_the_event_loop_keeps_running_during_a_long_synthesis() -> None:
     voice = EspeakTTS()
     long_text = " ".join([TWENTY_WORDS] * 50)  # 1,000 words, about 6 minutes of speech
     tick_seconds = 0.005
+    ticks = 0
     lags: list[float] = []
+    ticks_at_batch: list[int] = []
+    audio = bytearray()
     finished = asyncio.Event()
 
     async def tick() -> None:
+        nonlocal ticks
         while not finished.is_set():
             started = time.perf_counter()
             await asyncio.sleep(tick_seconds)
             lags.append(time.perf_counter() - started - tick_seconds)
+            ticks += 1
+
+    def on_pcm(pcm: bytes) -> None:
+        ticks_at_batch.append(ticks)
+        audio.extend(pcm)
 
     ticker = asyncio.create_task(tick())
     started = time.perf_counter()
     try:
-        frames = await synthesize_frames(voice, long_text)
+        await voice.speak(long_text, on_pcm=on_pcm)
     finally:
         finished.set()
         await ticker
     elapsed = time.perf_counter() - started
+    print(
+        f"synthesis {elapsed:.2f}s, {len(ticks_at_batch)} batches, "
+        f"longest loop lag {max(lags, default=0):.3f}s"
+    )
 
-    assert duration_of(samples_of(frames)) > 300
-    # Long enough that work on the loop's thread would show up as one huge lag.
-    assert elapsed > 0.2
-    assert max(lags) < min(0.1, elapsed / 2)
-    assert len(lags) > 10
+    assert duration_of(np.frombuffer(bytes(audio), dtype=np.int16)) > 300
+    # Audio reaches the loop in batches while the synthesis runs, and the loop keeps ticking
+    # between them. Synthesis on the loop's thread (or holding the GIL) would deliver every batch
+    # at the end, with no tick in between. Counting ticks, rather than bounding the longest lag,
+    # holds however long the machine stalls the loop now and then.
+    assert len(ticks_at_batch) > 100
+    assert ticks_at_batch[-1] - ticks_at_batch[0] > 10
 
 
 async def test_cancelling_a_long_synthesis_frees_the_engine_at_once() -> None:

@@ -1,8 +1,10 @@
-"""SphinxSTT against the real PocketSphinx decoder and model, on speech eSpeak NG says.
+"""SphinxSTT against the real PocketSphinx decoder and model, on recordings of eSpeak NG's voice.
 
 What PocketSphinx hears of eSpeak NG's en-us voice (175 words a minute) is pinned here: the
 responder's phrases come through the phrase grammar, other sentences through the language model,
-and a sentence the grammar would force onto a phrase is not taken for one.
+and a sentence the grammar would force onto a phrase is not taken for one. The speech comes from
+tests/speech/fixtures/ (see tests/support/spoken.py): eSpeak NG says a sentence a little differently
+each time, and PocketSphinx mishears a few of those variants; a recording decodes the same every time.
 """
 
 from __future__ import annotations
@@ -11,40 +13,18 @@ import asyncio
 import os
 import signal
 import time
-import wave
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import numpy as np
 import psutil
 import pytest
 from livekit import rtc
-from livekit.agents import APIError, inference, stt
+from livekit.agents import APIConnectOptions, APIError, inference, stt
 
-from speech.espeak_tts import default_engine
 from speech.responder import INTENT_PHRASES
 from speech.sphinx_decoder import parses_as_phrases, phrase_grammar
 from speech.sphinx_stt import SphinxSTT, to_model_pcm
-
-
-async def espeak_wav(text: str, directory: Path) -> Path:
-    """A WAV file of eSpeak NG saying `text`."""
-    engine = default_engine()
-    pcm = await engine.render(text, voice="en-us", words_per_minute=175)
-    path = directory / f"{'-'.join(text.split())[:40]}.wav"
-    with wave.open(str(path), "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(engine.sample_rate)
-        out.writeframes(pcm)
-    return path
-
-
-def read_wav(path: Path) -> rtc.AudioFrame:
-    with wave.open(str(path), "rb") as wav:
-        assert wav.getsampwidth() == 2
-        data = wav.readframes(wav.getnframes())
-        return rtc.AudioFrame(data, wav.getframerate(), wav.getnchannels(), wav.getnframes())
+from tests.support.spoken import spoken
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +41,8 @@ async def transcribe(voice: SphinxSTT, frame: rtc.AudioFrame) -> stt.SpeechData:
     return alternative
 
 
-# Each case was decoded from a dozen syntheses (eSpeak's output varies a little from run to run):
-# the transcripts allowed here are all that came out.
+# Over 40 syntheses of each (eSpeak says them a little differently each time), these transcripts
+# were all that came out; the recordings decode to one of them, the same one every time.
 @pytest.mark.parametrize(
     ("said", "heard"),
     [
@@ -75,9 +55,9 @@ async def transcribe(voice: SphinxSTT, frame: rtc.AudioFrame) -> stt.SpeechData:
     ],
 )
 async def test_the_responders_phrases_are_heard_through_the_grammar(
-    sphinx: SphinxSTT, tmp_path: Path, said: str, heard: set[str]
+    sphinx: SphinxSTT, said: str, heard: set[str]
 ) -> None:
-    result = await transcribe(sphinx, read_wav(await espeak_wav(said, tmp_path)))
+    result = await transcribe(sphinx, spoken(said))
 
     assert result.text in heard
     assert result.language == "en-US"
@@ -93,26 +73,41 @@ async def test_the_responders_phrases_are_heard_through_the_grammar(
     ],
 )
 async def test_other_sentences_come_through_the_language_model_with_their_key_words(
-    sphinx: SphinxSTT, tmp_path: Path, said: str, key_words: set[str]
+    sphinx: SphinxSTT, said: str, key_words: set[str]
 ) -> None:
-    result = await transcribe(sphinx, read_wav(await espeak_wav(said, tmp_path)))
+    result = await transcribe(sphinx, spoken(said))
 
     assert key_words <= set(result.text.split()), result.text
     assert result.metadata is not None and result.metadata["source"] == "free"
 
 
 async def test_a_sentence_the_grammar_forces_onto_a_phrase_is_not_taken_for_one(
-    sphinx: SphinxSTT, tmp_path: Path
+    sphinx: SphinxSTT,
 ) -> None:
     # The grammar alone hears "how are you" as a sequence of phrases ("hello", say); the language
     # model's decode fits the audio much better, so the transcript is the free text.
-    result = await transcribe(sphinx, read_wav(await espeak_wav("how are you", tmp_path)))
+    result = await transcribe(sphinx, spoken("how are you"))
 
     assert result.metadata is not None
     assert result.metadata["phrase_text"] not in (None, "how are you")
     assert result.metadata["margin"] < -6
     assert result.metadata["source"] == "free"
     assert result.text == "how are you"
+
+
+async def test_a_recording_decodes_the_same_every_time_in_every_decoder(sphinx: SphinxSTT) -> None:
+    """What makes the tests above deterministic: PocketSphinx starts each utterance afresh
+    (features re-initialised), so the same audio gets the same result, scores included."""
+    frame = spoken("what is the weather like today")
+    other = SphinxSTT(phrases=INTENT_PHRASES)
+    try:
+        results = [await transcribe(voice, frame) for voice in (sphinx, other, sphinx, other)]
+    finally:
+        await other.aclose()
+
+    assert sphinx.decoder_pid != other.decoder_pid
+    assert all(r.text == results[0].text for r in results)
+    assert all(r.metadata == results[0].metadata for r in results)
 
 
 async def test_silence_is_heard_as_nothing(sphinx: SphinxSTT) -> None:
@@ -122,10 +117,8 @@ async def test_silence_is_heard_as_nothing(sphinx: SphinxSTT) -> None:
     assert result.text == ""
 
 
-async def test_stereo_48_khz_frames_are_heard_as_well_as_the_original(
-    sphinx: SphinxSTT, tmp_path: Path
-) -> None:
-    original = read_wav(await espeak_wav("who are you", tmp_path))
+async def test_stereo_48_khz_frames_are_heard_as_well_as_the_original(sphinx: SphinxSTT) -> None:
+    original = spoken("who are you")
     resampler = rtc.AudioResampler(original.sample_rate, 48_000, num_channels=1)
     mono = np.concatenate(
         [
@@ -146,9 +139,9 @@ async def test_stereo_48_khz_frames_are_heard_as_well_as_the_original(
     assert len(to_model_pcm(frames)) // 2 == pytest.approx(mono.size / 3, abs=160)
 
 
-async def test_decoding_runs_off_the_event_loop(sphinx: SphinxSTT, tmp_path: Path) -> None:
-    long_sentence = " ".join(["what is the weather like today"] * 6)  # about 11 s of speech
-    frame = read_wav(await espeak_wav(long_sentence, tmp_path))
+async def test_decoding_runs_off_the_event_loop(sphinx: SphinxSTT) -> None:
+    sentence = spoken("what is the weather like today")
+    frame = rtc.combine_audio_frames([sentence] * 6)  # about 11 s of speech
     lags: list[float] = []
     finished = asyncio.Event()
 
@@ -161,16 +154,19 @@ async def test_decoding_runs_off_the_event_loop(sphinx: SphinxSTT, tmp_path: Pat
     ticker = asyncio.create_task(tick())
     started = time.perf_counter()
     try:
-        await sphinx.recognize(frame)
+        # No deadline here: a loaded machine took over 21 s per attempt (the STT's own bound).
+        await sphinx.recognize(frame, conn_options=APIConnectOptions(max_retry=0, timeout=300))
     finally:
         finished.set()
         await ticker
     elapsed = time.perf_counter() - started
 
     # Decoding on the loop, or on a thread while the binding holds the GIL, stalls the loop for
-    # about the whole decode. Stalls of a few tenths of a second are this shared machine's load.
+    # about the whole decode: one lag of nearly `elapsed`, and next to no ticks. A loaded machine
+    # stalls a ticker for tenths of a second now and then, never for half of a decode.
+    print(f"decode {elapsed:.2f}s, longest loop lag {max(lags):.3f}s, {len(lags)} ticks")
     assert elapsed > 0.5
-    assert max(lags) < elapsed / 4
+    assert max(lags) < elapsed / 2
     assert len(lags) > 20
 
 
@@ -185,8 +181,8 @@ async def test_a_phrase_with_words_the_dictionary_lacks_is_a_clear_error() -> No
         await voice.aclose()
 
 
-async def test_a_decoder_process_that_dies_is_replaced(sphinx: SphinxSTT, tmp_path: Path) -> None:
-    frame = read_wav(await espeak_wav("who are you", tmp_path))
+async def test_a_decoder_process_that_dies_is_replaced(sphinx: SphinxSTT) -> None:
+    frame = spoken("who are you")
     await sphinx.recognize(frame)
     first = sphinx.decoder_pid
     assert first is not None
@@ -198,9 +194,9 @@ async def test_a_decoder_process_that_dies_is_replaced(sphinx: SphinxSTT, tmp_pa
     assert sphinx.decoder_pid not in (None, first)
 
 
-async def test_closing_the_stt_ends_its_decoder_process(tmp_path: Path) -> None:
+async def test_closing_the_stt_ends_its_decoder_process() -> None:
     voice = SphinxSTT(phrases=INTENT_PHRASES)
-    await transcribe(voice, read_wav(await espeak_wav("hello", tmp_path)))
+    await transcribe(voice, spoken("hello"))
     pid = voice.decoder_pid
     assert pid is not None and psutil.pid_exists(pid)
 
@@ -238,11 +234,11 @@ def test_phrases_are_normalised_and_the_grammar_accepts_sequences_of_them() -> N
 
 
 async def test_through_the_vad_stream_adapter_an_utterance_becomes_a_final_transcript(
-    sphinx: SphinxSTT, tmp_path: Path
+    sphinx: SphinxSTT,
 ) -> None:
     """What the session does with it: Silero VAD (shipped in livekit-local-inference, no
     download) cuts the stream into utterances, each one decoded once it ends."""
-    speech = read_wav(await espeak_wav("hello, who are you?", tmp_path))
+    speech = spoken("hello, who are you?")
     samples = np.concatenate(
         [
             np.zeros(speech.sample_rate // 2, dtype=np.int16),

@@ -17,6 +17,7 @@ import pytest
 from livekit import api
 from yarl import URL
 
+from tests.support import emulators
 from tests.support.emulators import (
     AnamEmulator,
     AssignSessionId,
@@ -33,6 +34,7 @@ from tests.support.emulators import (
     SucceedSlow,
 )
 from tests.support.emulators.anam import concurrent_session_limit, rate_limited, spend_cap_reached
+from tests.support.tasks import running_tasks_from
 
 LS_KEY = "ls-secret-key-for-tests"
 ANAM_KEY = "anam-secret-key-for-tests"
@@ -405,7 +407,8 @@ async def test_latency_delays_every_answer_and_the_session_it_makes(
     assert status == 201
     for record in (first, refused):
         assert record.answered_at is not None
-        assert 0.3 <= record.answered_at - record.arrived_at < 1.0
+        # the latency, plus what a loaded machine adds
+        assert 0.3 <= record.answered_at - record.arrived_at < 0.3 + 1.0
     [session] = emulator.sessions
     assert session.config == ls_body()
 
@@ -413,7 +416,8 @@ async def test_latency_delays_every_answer_and_the_session_it_makes(
 async def test_connect_latency_is_paid_once_per_connection() -> None:
     """A client that keeps its connection pays the connection cost once; one that opens a new
     connection per call pays it each time."""
-    async with LemonSliceEmulator(LS_KEY, connect_latency=0.3) as emulator:
+    # Long enough that no stall of a loaded machine passes for it.
+    async with LemonSliceEmulator(LS_KEY, connect_latency=1.0) as emulator:
         async with aiohttp.ClientSession() as pooled:
             for _ in range(2):
                 await ls_create(pooled, emulator)
@@ -421,8 +425,8 @@ async def test_connect_latency_is_paid_once_per_connection() -> None:
             await ls_create(fresh, emulator)
     waits = [r.answered_at - r.arrived_at for r in emulator.requests if r.answered_at is not None]
     assert len(waits) == 3
-    assert waits[0] >= 0.3 and waits[2] >= 0.3
-    assert waits[1] < 0.3
+    assert waits[0] >= 1.0 and waits[2] >= 1.0
+    assert waits[1] < 1.0
 
 
 @pytest.mark.parametrize(
@@ -607,7 +611,8 @@ async def test_hang_is_released_when_the_emulator_closes(http: aiohttp.ClientSes
     started = loop.time()
     async with asyncio.timeout(BOUND):
         await emulator.aclose()
-    assert loop.time() - started < 1.0
+    # short of the 2 s the server gives requests in flight at shutdown, which a held one would use
+    assert loop.time() - started < 1.5
     with pytest.raises(aiohttp.ServerDisconnectedError):
         await asyncio.wait_for(pending, BOUND)
     assert emulator.requests[0].dropped == "hang released on close"
@@ -836,7 +841,7 @@ async def test_close_leaves_no_tasks_or_listening_socket(http: aiohttp.ClientSes
     await emulator.aclose()
     results = await asyncio.gather(*held, return_exceptions=True)
     assert all(isinstance(r, aiohttp.ServerDisconnectedError) for r in results)
-    assert asyncio.all_tasks() - before == {asyncio.current_task()} - before
+    assert running_tasks_from(emulators, aiohttp, since=before) == []
     with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", port)):
         pass
     await emulator.aclose()  # idempotent

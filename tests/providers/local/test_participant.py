@@ -16,6 +16,7 @@ from livekit.agents import utils
 from livekit.agents.voice.avatar import DataStreamAudioOutput
 from livekit.agents.voice.io import PlaybackFinishedEvent
 
+import providers.local
 from providers.local import LocalAvatarOptions, LocalAvatarParticipant
 from providers.local.video import FaceRenderer
 from tests.support.livekit_server import (
@@ -24,6 +25,7 @@ from tests.support.livekit_server import (
     mint_token,
     server_api,
 )
+from tests.support.tasks import running_tasks_from
 
 SMALL_VIDEO = LocalAvatarOptions(video_width=320, video_height=240)
 TONE_HZ = 440.0
@@ -222,11 +224,13 @@ async def test_publishes_camera_and_microphone_before_anyone_subscribes(
         )
 
         # Frames keep coming with no one watching and nothing said, never faster than the configured
-        # 24 fps; the floor is loose because a busy machine slows them (the rate is the benchmark's business).
+        # 24 fps (a busy machine only slows them; the rate is the benchmark's business).
         frames_before, t0 = session.avatar.stats.video_frames, time.monotonic()
-        await asyncio.sleep(1.0)  # a counting window, not waiting for an event
-        frames = session.avatar.stats.video_frames - frames_before
-        assert 6 <= frames <= 24.0 * (time.monotonic() - t0) + 2, frames
+        stats = await asyncio.wait_for(
+            session.avatar.wait_for_stats(lambda s: s.video_frames >= frames_before + 12), TIMEOUT
+        )
+        frames = stats.video_frames - frames_before
+        assert frames <= 24.0 * (time.monotonic() - t0) + 2, frames
         assert session.avatar.stats.speech_seconds == 0.0
 
 
@@ -279,8 +283,11 @@ async def play_part_of_a_long_segment(
     output.on("playback_started", lambda _ev: started.set())
     await play(output, tone_frames(24000, LONG_SEGMENT_S))
     await asyncio.wait_for(started.wait(), TIMEOUT)
-    # No event marks "some audio was heard": this is the playback time the interruption cuts into.
-    await asyncio.sleep(PLAY_BEFORE_INTERRUPT_S)
+    # The playback time the interruption cuts into, as the avatar counts it.
+    await asyncio.wait_for(
+        session.avatar.wait_for_stats(lambda s: s.speech_seconds >= PLAY_BEFORE_INTERRUPT_S),
+        TIMEOUT,
+    )
     return output, started
 
 
@@ -347,8 +354,8 @@ async def test_start_raises_when_the_server_rejects_the_token(
     with pytest.raises(rtc.ConnectError):
         await asyncio.wait_for(avatar.start(), TIMEOUT)
     await asyncio.wait_for(avatar.wait_closed(), TIMEOUT)
-    leftover = {t for t in asyncio.all_tasks() - before if not t.done()}
-    assert not leftover, [t.get_name() for t in leftover]
+    assert running_tasks_from(providers.local, since=before) == []
+    assert avatar.room is None or not avatar.room.isconnected()
 
 
 async def _wait_participant_gone(room: rtc.Room, identity: str) -> None:
@@ -385,12 +392,8 @@ async def test_removal_by_the_server_closes_it_without_leftover_tasks(
         await asyncio.wait_for(session.avatar.wait_closed(), TIMEOUT)
 
         assert session.avatar.closed
-        leftover = {
-            t
-            for t in asyncio.all_tasks() - before
-            if t is not asyncio.current_task() and not t.done()
-        }
-        assert not leftover, [t.get_name() for t in leftover]
+        assert running_tasks_from(providers.local, since=before) == []
+        assert session.avatar.room is None or not session.avatar.room.isconnected()
         await asyncio.wait_for(
             _wait_participant_gone(session.agent, session.avatar.identity), TIMEOUT
         )
