@@ -1,0 +1,3 @@
+"""Typed chat messages."""
+
+MAX_MESSAGE_CHARS = 1000
