@@ -13,7 +13,6 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from livekit import rtc
@@ -97,7 +96,9 @@ async def call_during_greeting(
     try:
         await user.start_microphone()
         async with server_api(livekit_server) as lk:
-            await dispatch_to_workers(lk, deployment.agent_name, user.room.name, [deployment.worker])
+            await dispatch_to_workers(
+                lk, deployment.agent_name, user.room.name, [deployment.worker]
+            )
         agent = await user.wait_for_participant(
             kind=rtc.ParticipantKind.PARTICIPANT_KIND_AGENT,
             not_identity=deployment.avatar,
