@@ -21,7 +21,7 @@ from typing import Any
 
 from livekit.agents import AgentServer, AutoSubscribe, JobContext, JobProcess, cli, room_io, utils
 
-from chat import CHAT_TOPIC, TypedMessages
+from chat import CHAT_TOPIC, TypedMessages, announce_message_limit
 from config import ConfigError, Settings, get_settings
 from held_turns import HeldTurns
 from providers.lifecycle import JobTimeline
@@ -83,6 +83,7 @@ async def run_job(ctx: JobContext, settings: Settings, voice: VoicePipeline) -> 
     async def connect() -> None:
         await connect_room()
         timeline.mark("connected")
+        await announce_message_limit(ctx.room)
 
     ctx.room.register_byte_stream_handler(CHAT_TOPIC, typed.file_sent(session))
     await asyncio.gather(

@@ -30,6 +30,7 @@ CHAT_TOPIC = "lk.chat"
 # not know back, which takes about a minute at this length, and a language model reads it as
 # about 250 tokens.
 MAX_MESSAGE_CHARS = 1000
+MAX_CHARS_ATTRIBUTE = "chat.max_message_chars"  # the agent's participant attribute with the limit
 
 NOT_TEXT = "I can only read text messages, not files. Please type your message instead."
 EMPTY = "That message was empty. Type a few words and I will answer."
@@ -60,6 +61,14 @@ def problem_with(text: str) -> str | None:
     ):
         return CONTROL_CHARACTERS
     return None
+
+
+async def announce_message_limit(room: rtc.Room) -> None:
+    """The limit as the agent's attribute, for frontends to say so before sending (web/static/app.js)."""
+    try:
+        await room.local_participant.set_attributes({MAX_CHARS_ATTRIBUTE: str(MAX_MESSAGE_CHARS)})
+    except Exception as error:  # a frontend hint: the agent states the limit anyway
+        logger.warning("could not publish the message length limit: %r", error)
 
 
 class TypedMessages:
