@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import pytest
 from livekit import rtc
 
-from chat import MAX_MESSAGE_CHARS
+from chat import CHAT_TOPIC, MAX_MESSAGE_CHARS
 from speech.espeak_tts import default_engine
 from speech.responder import WHO_AM_I
 from tests.support.avatar_launcher import LocalAvatarLauncher
@@ -184,3 +184,17 @@ async def test_an_over_long_message_gets_an_answer_that_states_the_limit(
         )
         assert "too long" in answer.text
         assert not any("You said" in t.text for t in call.said_by_agent())
+
+
+async def test_a_file_sent_as_a_message_is_told_it_is_not_read(
+    livekit_server: LiveKitServer, deployment: Deployment
+) -> None:
+    async with call_during_greeting(livekit_server, deployment) as call:
+        await call.greeting_heard()
+        await call.listening()
+        png = b"\x89PNG\r\n\x1a\n" + bytes(range(256))
+        await call.user.room.local_participant.send_bytes(
+            png, topic=CHAT_TOPIC, name="picture.png", mime_type="image/png"
+        )
+
+        await call.user.wait_for_transcript(call.agent, "only read text messages", timeout=60)
