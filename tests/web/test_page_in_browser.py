@@ -267,9 +267,8 @@ async def test_a_message_typed_during_the_greeting_shows_at_once_and_its_answer_
     ):
         await page.goto(site.url)
         await page.click("#join")
-        await page.locator("#agent-state", has_text="Agent: speaking").wait_for(
-            timeout=JOIN_TIMEOUT_MS
-        )
+        # the greeting's first words are on the page: it is being said (for about 10 s)
+        await agent_line(page, "Hello").wait_for(timeout=JOIN_TIMEOUT_MS)
         await page.fill("#chat-input", typed)
         await page.click("#chat-send")
         # at once: in the transcript before anything else happens, and no answer yet
