@@ -60,12 +60,12 @@ async def test_a_sentence_said_during_the_greeting_is_answered_after_it(
     greeting = await start_greeting(conversation)
     conversation.microphone.say(await spoken("who are you"))
 
-    said = await conversation.next_message("assistant")
+    said = await conversation.next_message("assistant", timeout=60)
     assert said.text_content == OFFLINE_GREETING
     assert not said.interrupted
     assert conversation.microphone.said_until > 0  # the sentence was over before the greeting
-    question = await conversation.next_message("user")
-    answer = await conversation.next_message("assistant")
+    question = await conversation.next_message("user", timeout=60)
+    answer = await conversation.next_message("assistant", timeout=60)
     assert question.text_content == "who are you"
     assert answer.text_content == WHO_AM_I
     await greeting
@@ -80,7 +80,7 @@ async def test_typed_messages_during_the_greeting_are_answered_after_it_in_order
     first = asyncio.create_task(text_input(session, typed("green turtles")))
     second = asyncio.create_task(text_input(session, typed("orange bicycles")))
 
-    said = [(await conversation.next_message("assistant")) for _ in range(3)]
+    said = [(await conversation.next_message("assistant", timeout=60)) for _ in range(3)]
     assert [m.text_content for m in said] == [
         OFFLINE_GREETING,
         "You said: green turtles",
@@ -95,15 +95,15 @@ async def test_typed_messages_during_the_greeting_are_answered_after_it_in_order
 async def test_a_typed_message_does_not_cut_an_answer_short(conversation: Conversation) -> None:
     text_input = TypedMessages()
     conversation.microphone.say(await spoken("who are you"))
-    await conversation.next_message("user")
+    await conversation.next_message("user", timeout=60)
     loudspeaker = loudspeaker_of(conversation)
     loudspeaker.playing.clear()
     await asyncio.wait_for(loudspeaker.playing.wait(), 30)  # the answer is being said
 
     await text_input(conversation.session, typed("purple elephants"))
 
-    answer = await conversation.next_message("assistant")
-    reply = await conversation.next_message("assistant")
+    answer = await conversation.next_message("assistant", timeout=60)
+    reply = await conversation.next_message("assistant", timeout=60)
     assert answer.text_content == WHO_AM_I and not answer.interrupted
     assert reply.text_content == "You said: purple elephants"
     assert not loudspeaker.cleared.is_set()
@@ -122,6 +122,6 @@ async def test_a_message_it_cannot_take_is_answered_with_why(
 ) -> None:
     await TypedMessages()(conversation.session, typed(text))
 
-    said = await conversation.next_message("assistant")
+    said = await conversation.next_message("assistant", timeout=60)
     assert said.text_content is not None and said.text_content.startswith(answer)
     assert not any(m.role == "user" for m in conversation.items)
