@@ -22,9 +22,11 @@ import sys
 from collections.abc import Coroutine
 from typing import Any
 
-from livekit.agents import AgentServer, AutoSubscribe, JobContext, JobProcess, cli, utils
+from livekit.agents import AgentServer, AutoSubscribe, JobContext, JobProcess, cli, room_io, utils
 
+from chat import CHAT_TOPIC, TypedMessages, announce_message_limit
 from config import ConfigError, Settings, get_settings
+from held_turns import HeldTurns
 from providers.lifecycle import JobTimeline
 from providers.registry import avatar_for_job, provider_api_url
 from providers.room_connect import connect_once
@@ -48,6 +50,13 @@ async def run_job(ctx: JobContext, settings: Settings, voice: VoicePipeline) -> 
     timeline = JobTimeline(room=room_name, provider=settings.provider, received_at=_received(ctx))
     ctx.log_context_fields = {"room": room_name, "avatar_provider": settings.provider}
     session = voice.create_session()
+    # Nothing the user says is dropped: speech during the greeting (or any speech the agent will
+    # not cut short) is answered after it, typed messages one by one, in order.
+    held_turns = HeldTurns(session)
+    typed = TypedMessages(held_turns)
+    ctx.add_shutdown_callback(held_turns.aclose)
+    ctx.add_shutdown_callback(typed.aclose)
+    room_options = room_io.RoomOptions(text_input=room_io.TextInputOptions(text_input_cb=typed))
     # The agent hears the people in the room; the avatar's media is for them, not for the agent.
     # One connect for the job and the avatar; the entrypoint cancelled during it (the job shut
     # down) stops waiting for it, never cancels it half-way (providers/room_connect.py).
@@ -82,8 +91,13 @@ async def run_job(ctx: JobContext, settings: Settings, voice: VoicePipeline) -> 
     async def connect() -> None:
         await connect_room()
         timeline.mark("connected")
+        await announce_message_limit(ctx.room)
 
-    await asyncio.gather(connect(), session.start(agent=voice.create_agent(), room=ctx.room))
+    ctx.room.register_byte_stream_handler(CHAT_TOPIC, typed.file_sent(session))
+    await asyncio.gather(
+        connect(),
+        session.start(agent=voice.create_agent(), room=ctx.room, room_options=room_options),
+    )
     timeline.mark("session_started")
     if avatar is None:
         timeline.avatar_settled()
@@ -152,7 +166,14 @@ def preloaded_modules(settings: Settings) -> list[str]:
     """This application's modules, imported once in livekit-agents' forkserver: every job process
     is forked with them loaded instead of importing them itself, which a burst of jobs would pay
     once per new process."""
-    modules = ["config", "providers.registry", "speech.pipeline", "subscriptions"]
+    modules = [
+        "chat",
+        "config",
+        "held_turns",
+        "providers.registry",
+        "speech.pipeline",
+        "subscriptions",
+    ]
     if settings.provider == "local":
         modules.append("providers.local.avatar")  # imported by the job only when it is used
     return modules

@@ -31,6 +31,17 @@ OFFLINE_GREETING = (
     "Talk to me or type, and I will answer. Say help to hear how to get a full conversation."
 )
 
+# The greeting is said whole, by both voices. It is the call's first few seconds, when a false
+# interruption is most likely (the user saying hello back, a cough, echo before the browser's echo
+# canceller has settled), and an avatar cannot pause and resume, so a greeting cut short is lost:
+# the user never hears what the agent is and how to talk to it. Nothing the user says meanwhile is
+# lost (held_turns.py, chat.py): it is answered right after the greeting.
+GREETING_INTERRUPTIBLE = False
+# livekit-agents feeds the speech-to-text silence for the first 3 s the agent speaks, so that echo
+# cannot interrupt it before the user's echo canceller has settled. The greeting cannot be
+# interrupted anyway, and that warm-up would drop the user's "hello" said back to it: off.
+AEC_WARMUP = None
+
 
 class VoicePipeline(Protocol):
     """What a job needs from the voice: the session, the agent, and how to open the conversation."""
@@ -64,15 +75,25 @@ class CloudVoice:
             stt=inference.STT(model=self.settings.stt_model, language=self.settings.stt_language),
             llm=inference.LLM(model=self.settings.llm_model),
             tts=inference.TTS(model=self.settings.tts_model, voice=self.settings.tts_voice),
+            aec_warmup_duration=AEC_WARMUP,
             # An avatar cannot pause its playback, so a false interruption cannot be resumed.
-            turn_handling={"interruption": {"resume_false_interruption": False}},
+            # What the user says during the greeting is transcribed and answered after it
+            # (held_turns.py), not discarded.
+            turn_handling={
+                "interruption": {
+                    "resume_false_interruption": False,
+                    "discard_audio_if_uninterruptible": False,
+                }
+            },
         )
 
     def create_agent(self) -> Agent:
         return Agent(instructions=self.settings.agent_instructions)
 
     async def greet(self, session: AgentSession[Any]) -> None:
-        await session.generate_reply(instructions=self.settings.agent_greeting)
+        await session.generate_reply(
+            instructions=self.settings.agent_greeting, allow_interruptions=GREETING_INTERRUPTIBLE
+        )
 
     def worker_services(self) -> contextlib.AbstractContextManager[None]:
         return contextlib.nullcontext()
@@ -93,9 +114,14 @@ class OfflineVoice:
             vad=inference.VAD(),
             llm=OfflineResponder(),
             tts=EspeakTTS(),
+            aec_warmup_duration=AEC_WARMUP,
             turn_handling={
                 "turn_detection": "vad",
-                "interruption": {"mode": "vad", "resume_false_interruption": False},
+                "interruption": {
+                    "mode": "vad",
+                    "resume_false_interruption": False,
+                    "discard_audio_if_uninterruptible": False,  # see CloudVoice
+                },
             },
         )
 
@@ -103,7 +129,7 @@ class OfflineVoice:
         return Agent(instructions="Answer with the offline responder.")
 
     async def greet(self, session: AgentSession[Any]) -> None:
-        await session.say(self.greeting, allow_interruptions=False)
+        await session.say(self.greeting, allow_interruptions=GREETING_INTERRUPTIBLE)
 
     @contextlib.contextmanager
     def worker_services(self) -> Iterator[None]:

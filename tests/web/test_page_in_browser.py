@@ -248,6 +248,61 @@ async def test_a_person_sees_and_hears_the_avatar(
         assert await page.is_visible("#join")
 
 
+# The transcript's lines in order, as (speaker, text, state).
+TRANSCRIPT_JS = """
+() => [...document.querySelectorAll('#transcript li')].map(
+  (li) => [li.dataset.speaker, li.textContent, li.dataset.state ?? null])
+"""
+
+
+async def test_a_message_typed_during_the_greeting_shows_at_once_and_its_answer_follows(
+    page: Page, site: PageSite, livekit_server: LiveKitServer, tmp_path: Path
+) -> None:
+    """Typed while the agent says its greeting (which it does not cut short): the message is in
+    the transcript as soon as it is sent, and the agent's answer comes after the greeting, below
+    it. A message over the agent's length limit is not sent: the page says why."""
+    typed = "green turtles"
+    async with running_worker(
+        livekit_server, site.agent_name, tmp_path, {"AVATAR_PROVIDER": "local"}
+    ):
+        await page.goto(site.url)
+        await page.click("#join")
+        # the greeting's first words are on the page: it is being said (for about 10 s)
+        await agent_line(page, "Hello").wait_for(timeout=JOIN_TIMEOUT_MS)
+        await page.fill("#chat-input", typed)
+        await page.click("#chat-send")
+        # at once: in the transcript before anything else happens, and no answer yet
+        lines = await page.evaluate(TRANSCRIPT_JS)
+        assert lines[-1][:2] == ["you", typed], lines
+        assert not any("You said" in text for _, text, _ in lines), lines
+
+        await agent_line(page, f"You said: {typed}").wait_for(timeout=60_000)
+        lines = await page.evaluate(TRANSCRIPT_JS)
+        speakers_texts = [(speaker, text) for speaker, text, _ in lines]
+        greeting = next(
+            i for i, (who, text) in enumerate(speakers_texts) if "offline voice" in text
+        )
+        mine = speakers_texts.index(("you", typed))
+        answer = speakers_texts.index(("agent", f"You said: {typed}"))
+        assert greeting < mine < answer, lines
+        assert lines[mine][2] == "sent", lines
+        assert (await notice(page))["hidden"]
+
+        # over the limit the agent publishes (chat.max_message_chars): kept in the box, not sent
+        too_long = "la " * 400
+        await page.fill("#chat-input", too_long)
+        await page.click("#chat-send")
+        error = page.locator("#chat-error[data-kind='too-long']")
+        await error.wait_for(timeout=5_000)
+        assert "up to 1000 characters" in (await error.text_content() or "")
+        assert await page.input_value("#chat-input") == too_long
+        assert len(await page.evaluate(TRANSCRIPT_JS)) == len(lines)
+        # a message within it goes out, and the error goes away
+        await page.fill("#chat-input", "hello")
+        await page.click("#chat-send")
+        await error.wait_for(state="hidden", timeout=5_000)
+
+
 async def test_the_page_says_when_the_avatar_provider_refuses_and_plays_the_agents_voice(
     page: Page, site: PageSite, livekit_server: LiveKitServer, tmp_path: Path
 ) -> None:

@@ -20,6 +20,8 @@
   // restarting; and why, for unavailable and lost.
   const AVATAR_STATUS = 'avatar.status';
   const AVATAR_REASON = 'avatar.reason';
+  // The longest message the agent reads, in characters (chat.py), published on its participant.
+  const MAX_MESSAGE_CHARS = 'chat.max_message_chars';
 
   // How long to wait before telling the user something did not come (overridable for tests:
   // ?agent_timeout=<s>&avatar_timeout=<s>). The worker itself gives the avatar 30 s to show video
@@ -47,6 +49,7 @@
     chat: $('chat'),
     chatInput: $('chat-input'),
     chatSend: $('chat-send'),
+    chatError: $('chat-error'),
   };
 
   // Everything about the current visit; replaced on each join.
@@ -225,16 +228,41 @@
     }
   }
 
+  // Under the text box, until the next message goes out (room events re-render the notice above).
+  function setChatError(kind, text) {
+    ui.chatError.hidden = !text;
+    ui.chatError.textContent = text || '';
+    if (kind) ui.chatError.dataset.kind = kind;
+    else delete ui.chatError.dataset.kind;
+  }
+
+  // A typed message shows in the transcript at once, as chat apps do; the agent's answer comes after
+  // it (the agent answers typed messages in order, once it has finished what it is saying).
   async function sendChat(event) {
     event.preventDefault();
     const text = ui.chatInput.value.trim();
     if (!text || !visit) return;
+    const agent = findAgent(visit.room);
+    const limit = Number(agent && agent.attributes[MAX_MESSAGE_CHARS]);
+    const length = [...text].length; // characters, as the agent counts them
+    if (Number.isFinite(limit) && limit > 0 && length > limit) {
+      setChatError('too-long',
+        `Your message is ${length} characters long; the agent reads messages of up to ${limit} characters. ` +
+        'Shorten it and send it again.');
+      return; // kept in the box, to shorten
+    }
+    setChatError();
     ui.chatInput.value = '';
-    transcriptLine(null, 'you').textContent = text;
+    const line = transcriptLine(null, 'you');
+    line.textContent = text;
+    line.dataset.state = 'sending';
+    ui.transcript.scrollTop = ui.transcript.scrollHeight;
     try {
       await visit.room.localParticipant.sendText(text, { topic: CHAT_TOPIC });
+      line.dataset.state = 'sent';
     } catch (error) {
-      setNotice('chat-failed', 'error', `Your message was not sent: ${error.message}`);
+      line.dataset.state = 'failed';
+      setChatError('not-sent', `Your message was not sent: ${error.message}`);
     }
   }
 

@@ -1,0 +1,121 @@
+"""Typed messages (lk.chat): every one answered, in the order typed; one it cannot take is told why.
+
+livekit-agents' default text input interrupts the agent and then asks for a reply. While the agent
+says something it will not cut short (the greeting), that interrupt raises and the message is lost.
+Here a typed message waits until the agent has finished what it is saying, and until the answer to
+the message typed before it has been said, then gets its own answer: typing never cuts the agent
+short (speaking over it does), so messages typed in a row are all answered, in order, and each
+answer is made with the previous one in the conversation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import unicodedata
+from collections.abc import Callable
+from typing import Any
+
+from livekit import rtc
+from livekit.agents import AgentSession, room_io
+
+from held_turns import HeldTurns
+
+logger = logging.getLogger("avatar-agent.chat")
+
+CHAT_TOPIC = "lk.chat"
+
+# A chat message is a question or a paragraph. 1000 characters (about 170 words) holds any of
+# those, and keeps what one message costs bounded: the offline voice repeats a message it does
+# not know back, which takes about a minute at this length, and a language model reads it as
+# about 250 tokens.
+MAX_MESSAGE_CHARS = 1000
+MAX_CHARS_ATTRIBUTE = "chat.max_message_chars"  # the agent's participant attribute with the limit
+
+NOT_TEXT = "I can only read text messages, not files. Please type your message instead."
+EMPTY = "That message was empty. Type a few words and I will answer."
+CONTROL_CHARACTERS = (
+    "That message has characters in it that are not text, such as control codes. "
+    "I read plain text only."
+)
+_WHITESPACE_CONTROLS = frozenset("\t\n\r")
+
+
+def too_long(length: int) -> str:
+    return (
+        f"That message is too long: {length} characters. I read messages of up to "
+        f"{MAX_MESSAGE_CHARS} characters, so please send a shorter one."
+    )
+
+
+def problem_with(text: str) -> str | None:
+    """What the agent says instead of answering `text`, or None if it can answer it."""
+    if len(text) > MAX_MESSAGE_CHARS:
+        return too_long(len(text))
+    if not text.strip():
+        return EMPTY
+    if any(
+        unicodedata.category(character) in ("Cc", "Cs", "Co", "Cn")
+        and character not in _WHITESPACE_CONTROLS
+        for character in text
+    ):
+        return CONTROL_CHARACTERS
+    return None
+
+
+async def announce_message_limit(room: rtc.Room) -> None:
+    """The limit as the agent's attribute, for frontends to say so before sending (web/static/app.js)."""
+    try:
+        await room.local_participant.set_attributes({MAX_CHARS_ATTRIBUTE: str(MAX_MESSAGE_CHARS)})
+    except Exception as error:  # a frontend hint: the agent states the limit anyway
+        logger.warning("could not publish the message length limit: %r", error)
+
+
+class TypedMessages:
+    """The session's text input (`text_input_cb`), one message at a time in arrival order."""
+
+    def __init__(self, held_turns: HeldTurns | None = None) -> None:
+        self._held_turns = held_turns
+        self._one_at_a_time = asyncio.Lock()  # FIFO: waiters get it in the order they came
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def __call__(self, session: AgentSession[Any], event: room_io.TextInputEvent) -> None:
+        problem = problem_with(event.text)
+        if problem is not None:
+            logger.info("typed message not answered: %s", problem.split(".")[0])
+        await self._answer(session, event.text, problem)
+
+    def file_sent(self, session: AgentSession[Any]) -> Callable[[rtc.ByteStreamReader, str], None]:
+        """A byte stream handler for lk.chat: a file sent as a message is told it is not read."""
+
+        def on_file(reader: rtc.ByteStreamReader, participant_identity: str) -> None:
+            logger.info("a file sent on %s is not read (%s)", CHAT_TOPIC, reader.info.mime_type)
+            task = asyncio.create_task(self._answer(session, "", NOT_TEXT), name="chat.not_text")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+        return on_file
+
+    async def _answer(self, session: AgentSession[Any], text: str, problem: str | None) -> None:
+        async with self._one_at_a_time:
+            await self._until_the_agent_has_finished(session)
+            speech = (
+                session.say(problem)
+                if problem is not None
+                else session.generate_reply(user_input=text)
+            )
+            await speech  # the next message waits for this answer (awaiting never raises)
+
+    async def _until_the_agent_has_finished(self, session: AgentSession[Any]) -> None:
+        while True:
+            if self._held_turns is not None:
+                await self._held_turns.settled.wait()  # a turn the user spoke meanwhile goes first
+            speech = session.current_speech
+            if speech is None or speech.done():
+                return
+            await speech
+
+    async def aclose(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
