@@ -28,7 +28,7 @@ SLEEPER = "import time; time.sleep(120)"
 
 
 SUITE = """
-import os, signal, subprocess, sys
+import atexit, os, signal, subprocess, sys
 from pathlib import Path
 
 RUNS = Path(os.environ["RUNS"])
@@ -38,6 +38,17 @@ def ran(name):
     with RUNS.open("a") as runs:
         runs.write(name + "\\n")
     return RUNS.read_text().split().count(name)
+
+
+def crash_at_exit():
+    # livekit 1.1.21's native threads can crash the interpreter as it exits, after the last test.
+    with open(os.environ["EXITS"], "a") as exits:
+        exits.write("exit\\n")
+    if open(os.environ["EXITS"]).read().split().count("exit") <= int(os.environ["EXIT_CRASHES"]):
+        os.kill(os.getpid(), signal.SIGSEGV)
+
+
+atexit.register(crash_at_exit)
 
 
 def test_a():
@@ -122,8 +133,11 @@ class SuiteRun:
 
 
 @contextlib.contextmanager
-def run_test_sh(tmp_path: Path, *, b_crashes: int, a_fails: bool = False) -> Iterator[SuiteRun]:
-    """test.sh on the fake suite: test_b crashes its process `b_crashes` times, then passes."""
+def run_test_sh(
+    tmp_path: Path, *, b_crashes: int, a_fails: bool = False, exit_crashes: int = 0
+) -> Iterator[SuiteRun]:
+    """test.sh on the fake suite: test_b crashes its process `b_crashes` times, then passes; the
+    process crashes as it exits `exit_crashes` times."""
     root = project_copy(tmp_path)
     runs, leftover_file = tmp_path / "runs", tmp_path / "leftovers"
     runs.touch()
@@ -140,6 +154,8 @@ def run_test_sh(tmp_path: Path, *, b_crashes: int, a_fails: bool = False) -> Ite
             "B_CRASHES": str(b_crashes),
             "A_FAILS": "1" if a_fails else "0",
             "SLEEPER": SLEEPER,
+            "EXITS": str(tmp_path / "exits"),
+            "EXIT_CRASHES": str(exit_crashes),
         },
         capture_output=True,
         text=True,
@@ -183,6 +199,13 @@ def test_a_failure_before_the_crash_still_fails_the_run(tmp_path: Path) -> None:
         assert run.result.returncode == 1, run.result.stderr
         assert run.runs == ["a", "b", "b", "c"]
         assert "failed before a crash: suite/test_suite.py::test_a" in run.result.stderr
+
+
+def test_a_crash_after_the_last_test_reruns_nothing_and_passes(tmp_path: Path) -> None:
+    with run_test_sh(tmp_path, b_crashes=0, exit_crashes=1) as run:
+        assert run.result.returncode == 0, run.result.stderr
+        assert run.runs == ["a", "b", "c"]
+        assert "the test process crashed 1 time(s)" in run.result.stderr
 
 
 def test_one_crash_more_than_allowed_fails_the_run(tmp_path: Path) -> None:
