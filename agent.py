@@ -25,6 +25,8 @@ from typing import Any
 from livekit.agents import AgentServer, AutoSubscribe, JobContext, JobProcess, cli, utils
 
 from config import ConfigError, Settings, get_settings
+from observability.avatar_metrics import AvatarMetricsRecorder
+from observability.prometheus import prometheus_options, watch_for_dead_processes
 from providers.lifecycle import JobTimeline
 from providers.registry import avatar_for_job, provider_api_url
 from providers.room_connect import connect_once
@@ -46,6 +48,7 @@ async def run_job(ctx: JobContext, settings: Settings, voice: VoicePipeline) -> 
     """The story of one room job."""
     room_name = ctx.job.room.name
     timeline = JobTimeline(room=room_name, provider=settings.provider, received_at=_received(ctx))
+    timeline.add_metrics_sink(AvatarMetricsRecorder(settings.provider))
     ctx.log_context_fields = {"room": room_name, "avatar_provider": settings.provider}
     session = voice.create_session()
     # The agent hears the people in the room; the avatar's media is for them, not for the agent.
@@ -167,6 +170,7 @@ def create_server(settings: Settings) -> AgentServer:
         capacity["load_threshold"] = settings.agent_load_threshold
     # Otherwise livekit-agents' own default: 0.7 in `start`, no limit in `dev`, and no warning on
     # LiveKit Cloud (which ignores a custom threshold).
+    metrics = prometheus_options(settings)
     server = AgentServer(
         preload_modules=preloaded_modules(settings),
         ws_url=settings.livekit_url,
@@ -176,7 +180,9 @@ def create_server(settings: Settings) -> AgentServer:
             settings.livekit_api_secret.get_secret_value() if settings.livekit_api_secret else None
         ),
         **capacity,
+        **metrics,
     )
+    watch_for_dead_processes(server, metrics)
     server.setup_fnc = prewarm
     server.rtc_session(entrypoint, agent_name=settings.agent_name, on_session_end=end_of_session)
     return server
