@@ -256,6 +256,12 @@ def _cross_field_problems(settings: Settings) -> list[str]:
         if getattr(settings, name) is None:
             problems.append(f"{name.upper()}: missing (the worker connects to LiveKit with it)")
 
+    if (
+        settings.prometheus_port is not None
+        and settings.prometheus_port == settings.agent_http_port
+    ):
+        problems.append("PROMETHEUS_PORT: the same port as AGENT_HTTP_PORT; choose another")
+
     provider, ambiguity = _resolve_provider(settings)
     if ambiguity:
         problems.append(ambiguity)
