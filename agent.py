@@ -27,6 +27,7 @@ from livekit.agents import AgentServer, AutoSubscribe, JobContext, JobProcess, c
 from config import ConfigError, Settings, get_settings
 from observability.avatar_metrics import AvatarMetricsRecorder
 from observability.prometheus import prometheus_options, watch_for_dead_processes
+from observability.tracing import AvatarTracer, configure_tracing, flush_traces
 from providers.lifecycle import JobTimeline
 from providers.registry import avatar_for_job, provider_api_url
 from providers.room_connect import connect_once
@@ -49,6 +50,8 @@ async def run_job(ctx: JobContext, settings: Settings, voice: VoicePipeline) -> 
     room_name = ctx.job.room.name
     timeline = JobTimeline(room=room_name, provider=settings.provider, received_at=_received(ctx))
     timeline.add_metrics_sink(AvatarMetricsRecorder(settings.provider))
+    avatar_trace = AvatarTracer(settings.provider, room=room_name)
+    timeline.add_metrics_sink(avatar_trace)
     ctx.log_context_fields = {"room": room_name, "avatar_provider": settings.provider}
     session = voice.create_session()
     # The agent hears the people in the room; the avatar's media is for them, not for the agent.
@@ -78,6 +81,7 @@ async def run_job(ctx: JobContext, settings: Settings, voice: VoicePipeline) -> 
         ctx.proc.userdata[JOB_AVATAR] = avatar  # ended by end_of_session, before the room is left
         ctx.add_shutdown_callback(avatar.aclose)
         avatar.start()
+    ctx.add_shutdown_callback(flush_traces)
 
     # When the conversation is over (the user left, the room went away), the job is over.
     session.on("close", lambda event: ctx.shutdown(reason=f"session closed: {event.reason}"))
@@ -115,7 +119,9 @@ async def entrypoint(ctx: JobContext) -> None:
 
 
 def prewarm(proc: JobProcess) -> None:
-    """Before any job, in each job process: resolve the provider's host (see providers/warmup.py)."""
+    """Before any job, in each job process: resolve the provider's host (see providers/warmup.py),
+    and send traces where OTEL_EXPORTER_OTLP_* says (nowhere unless it is set)."""
+    configure_tracing()
     try:
         settings = get_settings()
     except ConfigError:
