@@ -105,9 +105,11 @@ async def metered(
         "AVATAR_MAX_RESTARTS": "2",
         "VOICE_MODE": "offline",
         "PROMETHEUS_PORT": str(port),
-        "PROMETHEUS_MULTIPROC_DIR": str(directory),
         "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
     }
+    # In `.env`, not the environment: prometheus_client, imported before the settings are read,
+    # does not see it, and the worker must still have its own gauges collected from files.
+    (cwd / ".env").write_text(f"PROMETHEUS_MULTIPROC_DIR={directory}\n")
     worker = WorkerProcess(worker_environment(livekit_server, agent_name, extra), cwd=cwd)
     try:
         await worker.start()
