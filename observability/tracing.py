@@ -23,6 +23,7 @@ type. Never a key, a token, a URL, a reason text or anything the user said.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import time
@@ -83,9 +84,10 @@ def configure_tracing(exporter: SpanExporter | None = None) -> TracerProvider | 
 
 
 async def flush_traces(*_: object) -> None:
-    """Send what the job's spans are waiting in the batch (a job process may end right after)."""
+    """Send the job's spans still waiting in the batch (a job process may end right after); in a
+    thread, so a slow collector never blocks the job's loop."""
     if _installed is not None:
-        _installed.force_flush(timeout_millis=5000)
+        await asyncio.to_thread(_installed.force_flush, 5000)
 
 
 # -- the provider's HTTP calls -----------------------------------------------------------------
