@@ -27,6 +27,9 @@ from livekit.agents import AgentServer, AutoSubscribe, JobContext, JobProcess, c
 from chat import CHAT_TOPIC, TypedMessages, announce_message_limit
 from config import ConfigError, Settings, get_settings
 from held_turns import HeldTurns
+from observability.avatar_metrics import AvatarMetricsRecorder
+from observability.prometheus import prometheus_options, watch_for_dead_processes
+from observability.tracing import AvatarTracer, configure_tracing, flush_traces
 from providers.lifecycle import JobTimeline
 from providers.registry import avatar_for_job, provider_api_url
 from providers.room_connect import connect_once
@@ -48,6 +51,9 @@ async def run_job(ctx: JobContext, settings: Settings, voice: VoicePipeline) -> 
     """The story of one room job."""
     room_name = ctx.job.room.name
     timeline = JobTimeline(room=room_name, provider=settings.provider, received_at=_received(ctx))
+    timeline.add_metrics_sink(AvatarMetricsRecorder(settings.provider))
+    avatar_trace = AvatarTracer(settings.provider, room=room_name)
+    timeline.add_metrics_sink(avatar_trace)
     ctx.log_context_fields = {"room": room_name, "avatar_provider": settings.provider}
     session = voice.create_session()
     # Nothing the user says is dropped: speech during the greeting (or any speech the agent will
@@ -84,6 +90,7 @@ async def run_job(ctx: JobContext, settings: Settings, voice: VoicePipeline) -> 
         ctx.proc.userdata[JOB_AVATAR] = avatar  # ended by end_of_session, before the room is left
         ctx.add_shutdown_callback(avatar.aclose)
         avatar.start()
+    ctx.add_shutdown_callback(flush_traces)
 
     # When the conversation is over (the user left, the room went away), the job is over.
     session.on("close", lambda event: ctx.shutdown(reason=f"session closed: {event.reason}"))
@@ -126,7 +133,9 @@ async def entrypoint(ctx: JobContext) -> None:
 
 
 def prewarm(proc: JobProcess) -> None:
-    """Before any job, in each job process: resolve the provider's host (see providers/warmup.py)."""
+    """Before any job, in each job process: resolve the provider's host (see providers/warmup.py),
+    and send traces where OTEL_EXPORTER_OTLP_* says (nowhere unless it is set)."""
+    configure_tracing()
     try:
         settings = get_settings()
     except ConfigError:
@@ -188,6 +197,7 @@ def create_server(settings: Settings) -> AgentServer:
         capacity["load_threshold"] = settings.agent_load_threshold
     # Otherwise livekit-agents' own default: 0.7 in `start`, no limit in `dev`, and no warning on
     # LiveKit Cloud (which ignores a custom threshold).
+    metrics = prometheus_options(settings)
     server = AgentServer(
         preload_modules=preloaded_modules(settings),
         ws_url=settings.livekit_url,
@@ -197,7 +207,9 @@ def create_server(settings: Settings) -> AgentServer:
             settings.livekit_api_secret.get_secret_value() if settings.livekit_api_secret else None
         ),
         **capacity,
+        **metrics,
     )
+    watch_for_dead_processes(server, metrics)
     server.setup_fnc = prewarm
     server.rtc_session(entrypoint, agent_name=settings.agent_name, on_session_end=end_of_session)
     return server

@@ -130,6 +130,11 @@ class Settings(BaseModel):
     # Capacity by job count instead of CPU: the worker's load is running jobs / this, and it takes
     # no job beyond it. Unset: livekit-agents' CPU-based load.
     agent_max_jobs: int | None = Field(default=None, ge=1, le=1000)
+    # Prometheus metrics on this port's /metrics (unset: no metrics endpoint). Job processes write
+    # theirs to PROMETHEUS_MULTIPROC_DIR (a directory the worker empties as it starts; unset: a new
+    # temporary one), which the endpoint collects (observability/prometheus.py).
+    prometheus_port: int | None = Field(default=None, ge=1, le=65535)
+    prometheus_multiproc_dir: str | None = Field(default=None, min_length=1)
 
     # LemonSlice
     lemonslice_api_key: SecretStr | None = None
@@ -250,6 +255,12 @@ def _cross_field_problems(settings: Settings) -> list[str]:
     for name in ("livekit_url", "livekit_api_key", "livekit_api_secret"):
         if getattr(settings, name) is None:
             problems.append(f"{name.upper()}: missing (the worker connects to LiveKit with it)")
+
+    if (
+        settings.prometheus_port is not None
+        and settings.prometheus_port == settings.agent_http_port
+    ):
+        problems.append("PROMETHEUS_PORT: the same port as AGENT_HTTP_PORT; choose another")
 
     provider, ambiguity = _resolve_provider(settings)
     if ambiguity:

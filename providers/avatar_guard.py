@@ -132,6 +132,7 @@ class AvatarGuard:
                     level=logging.WARNING,
                     reason=f"{identity} joined after its session was given up",
                     identity=identity,
+                    cause="stray",
                 )
         finally:
             self._removing.discard(identity)

@@ -17,6 +17,8 @@ from typing import Any
 
 import aiohttp
 
+from observability.tracing import note_retry, provider_call
+
 from .errors import (
     AuthenticationError,
     BadRequestError,
@@ -118,6 +120,10 @@ class ProviderHttp:
         return await self._call(_Request("GET", url, None, headers, operation), deadline)
 
     async def _call(self, request: _Request, deadline: float | None) -> dict[str, Any]:
+        with provider_call(self.provider, request.operation, request.method):
+            return await self._call_with_retries(request, deadline)
+
+    async def _call_with_retries(self, request: _Request, deadline: float | None) -> dict[str, Any]:
         operation = request.operation
         loop = asyncio.get_running_loop()
         call_deadline = loop.time() + self.policy.call_deadline
@@ -164,6 +170,7 @@ class ProviderHttp:
                     delay,
                     extra={"provider": self.provider, "operation": operation, "attempt": attempt},
                 )
+                note_retry(attempt, error, delay)
                 await asyncio.sleep(delay)
         raise AssertionError("unreachable: the loop returns or raises")
 

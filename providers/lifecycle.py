@@ -53,6 +53,8 @@ class AvatarLifecycleMetrics(AvatarMetrics):
     attempt: int | None = None
     reason: str | None = None
     timings: dict[str, float] = {}  # noqa: RUF012 - pydantic copies field defaults
+    # The event's other figures and names (counts, an HTTP status, an error's type), for listeners.
+    details: dict[str, str | int | float] = {}  # noqa: RUF012 - pydantic copies field defaults
 
 
 MetricsSink = Callable[[AvatarLifecycleMetrics], None]
@@ -150,6 +152,30 @@ class JobTimeline:
         at = self._clock()
         all_timings = {"since_job_received": self.since("job_received", at) or 0.0}
         all_timings.update(timings or {})
+        metrics = AvatarLifecycleMetrics(
+            timestamp=at,
+            event=event,
+            room=self._room,
+            provider_session_id=provider_session_id,
+            attempt=attempt,
+            reason=reason,
+            timings=all_timings,
+            details={
+                name: value
+                for name, value in fields.items()
+                if isinstance(value, str | int | float) and not isinstance(value, bool)
+            },
+            metadata=Metadata(model_provider=self._provider),
+        )
+        if event == "joined":
+            metrics.session_started_time = self._marks.get("provider_call_sent")
+            metrics.avatar_joined_time = at
+        # Listeners first: once the line is logged, what it reports is counted everywhere.
+        for sink in self._metrics_sinks:
+            try:
+                sink(metrics)
+            except Exception:
+                logger.exception("a metrics listener failed on the avatar %s event", event)
         text = message or f"avatar {event}" + (f": {reason}" if reason else "")
         logger.log(
             level,
@@ -165,21 +191,3 @@ class JobTimeline:
                 **fields,
             },
         )
-        metrics = AvatarLifecycleMetrics(
-            timestamp=at,
-            event=event,
-            room=self._room,
-            provider_session_id=provider_session_id,
-            attempt=attempt,
-            reason=reason,
-            timings=all_timings,
-            metadata=Metadata(model_provider=self._provider),
-        )
-        if event == "joined":
-            metrics.session_started_time = self._marks.get("provider_call_sent")
-            metrics.avatar_joined_time = at
-        for sink in self._metrics_sinks:
-            try:
-                sink(metrics)
-            except Exception:
-                logger.exception("a metrics listener failed on the avatar %s event", event)

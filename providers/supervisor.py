@@ -343,6 +343,7 @@ class AvatarSupervisor:
             provider_session_id=session.session_id if session else None,
             reason=describe(error),
             error_type=type(error).__name__,
+            http_status=getattr(error, "status_code", None),
             possible_orphans=self._provider.possible_orphans(),
             timings={"after": round(self._timeline.now() - started_at, 3)},
         )
@@ -511,6 +512,7 @@ class AvatarSupervisor:
             level=logging.WARNING if unended else logging.INFO,
             reason="; ".join(unended) or None,
             sessions=self._reaper.sessions,
+            unended=len(unended),
             possible_orphans=self._provider.possible_orphans() + len(unended),
             timings={"ended_in": round(self._timeline.now() - started, 3)},
         )

@@ -123,6 +123,11 @@ def test_every_problem_is_named_in_one_error(monkeypatch: pytest.MonkeyPatch) ->
         ("AVATAR_MAX_RESTARTS", "-1", "AVATAR_MAX_RESTARTS"),
         ("AGENT_LOAD_THRESHOLD", "0", "AGENT_LOAD_THRESHOLD"),
         ("ANAM_SESSION_FLOW", "one_step", "ANAM_SESSION_FLOW"),
+        ("PROMETHEUS_PORT", "0", "PROMETHEUS_PORT"),
+        ("PROMETHEUS_PORT", "65536", "PROMETHEUS_PORT"),
+        ("PROMETHEUS_PORT", "nine", "PROMETHEUS_PORT"),
+        # the health endpoint already has it: the worker could not start
+        ("PROMETHEUS_PORT", "8081", "PROMETHEUS_PORT"),
     ],
 )
 def test_an_invalid_value_is_named(
