@@ -26,6 +26,7 @@ from providers.lifecycle import JobTimeline
 from providers.registry import avatar_for_job, provider_api_url
 from providers.supervisor import AvatarSupervisor, JobRoom
 from providers.warmup import ResolvedHost, resolve_provider_host
+from recovery.job import claim_room, end_job_memory
 from speech.pipeline import VoicePipeline, build_voice
 from subscriptions import connect_to_people
 
@@ -55,6 +56,9 @@ async def run_job(ctx: JobContext, settings: Settings, voice: VoicePipeline) -> 
     # LiveKit room, so no avatar either.)
     avatar: AvatarSupervisor | None = None
     if not ctx.is_fake_job():
+        # The room remembers its job and avatars; what a dead job left in it is ended first.
+        if (memory := await claim_room(ctx, settings)) is None:
+            return  # this room's agent is alive: this dispatch is refused
         avatar = avatar_for_job(
             room=ctx.room,
             job=JobRoom(room_name, ctx.job.room.sid or None, ctx.local_participant_identity),
@@ -62,6 +66,7 @@ async def run_job(ctx: JobContext, settings: Settings, voice: VoicePipeline) -> 
             timeline=timeline,
             connect=connect_room,
             prewarmed=ctx.proc.userdata.get(PREWARMED_PROVIDER),
+            on_avatar=memory.record,
         )
         avatar.attach(session)
         ctx.proc.userdata[JOB_AVATAR] = avatar  # ended by end_of_session, before the room is left
@@ -91,6 +96,7 @@ async def end_of_session(ctx: JobContext) -> None:
     avatar = ctx.proc.userdata.get(JOB_AVATAR)
     if isinstance(avatar, AvatarSupervisor):
         await avatar.aclose()
+    await end_job_memory(ctx)  # no recovery for a job that ends by itself
 
 
 async def entrypoint(ctx: JobContext) -> None:

@@ -70,6 +70,10 @@ class ProviderSetup:
     aclose: Callable[[], Awaitable[None]] | None = None
 
 
+# (provider, avatar identity, provider session id or None before the provider answered)
+AvatarStarted = Callable[[str, str, str | None], None]
+
+
 @dataclass(frozen=True)
 class JobRoom:
     """The job's room and agent, as known when the job arrives (before connecting)."""
@@ -90,8 +94,10 @@ class AvatarSupervisor:
         timeline: JobTimeline,
         connect: Callable[[], Awaitable[None]],
         rng: random.Random | None = None,
+        on_avatar: AvatarStarted | None = None,
     ) -> None:
         self._room = room
+        self._on_avatar = on_avatar  # told of every avatar we mint a token for, then of its session
         self._job = job
         self._provider = provider
         self._options = provider.options
@@ -221,6 +227,8 @@ class AvatarSupervisor:
         deadline = loop.time() + self._options.start_timeout
         try:
             token = self._mint(identity)
+            if self._on_avatar is not None:
+                self._on_avatar(self._provider.name, identity, None)
             if first:
                 self._timeline.mark("token_minted")
             request = ProviderStartRequest(
@@ -235,6 +243,8 @@ class AvatarSupervisor:
             # The HTTP layer ends the call at the deadline with a typed error; this only backs it up.
             async with asyncio.timeout_at(deadline + 1.0):
                 await session.start(request)
+            if self._on_avatar is not None:
+                self._on_avatar(self._provider.name, identity, session.session_id)
             answered_at = self._timeline.now()
             if first:
                 self._timeline.mark("provider_answered")
