@@ -61,7 +61,9 @@ async def run_job(ctx: JobContext, settings: Settings, voice: VoicePipeline) -> 
             return  # this room's agent is alive: this dispatch is refused
         avatar = avatar_for_job(
             room=ctx.room,
-            job=JobRoom(room_name, ctx.job.room.sid or None, ctx.local_participant_identity),
+            job=JobRoom(
+                room_name, ctx.job.room.sid or None, ctx.local_participant_identity, ctx.job.id
+            ),
             settings=settings,
             timeline=timeline,
             connect=connect_room,

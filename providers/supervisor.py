@@ -30,7 +30,6 @@ from livekit import api, rtc
 from livekit.agents import AgentSession, utils
 from livekit.agents.voice.avatar import DataStreamAudioOutput
 from livekit.agents.voice.events import MetricsCollectedEvent
-from livekit.agents.voice.room_io import ATTRIBUTE_PUBLISH_ON_BEHALF
 from livekit.agents.voice.room_io.types import DEFAULT_CLOSE_ON_DISCONNECT_REASONS
 
 from .errors import AvatarJoinTimeoutError
@@ -81,6 +80,13 @@ class JobRoom:
     name: str
     sid: str | None
     agent_identity: str
+    job_id: str = ""
+
+    def avatar_identity(self, base: str) -> str:
+        """`base` made unique to this job: another job in the same room (one that takes over from
+        a dead one, a duplicate dispatch) never collides with our avatar, nor removes it."""
+        tag = self.job_id.removeprefix("AJ_")
+        return f"{base}-{tag}" if tag else base
 
 
 class AvatarSupervisor:
@@ -211,7 +217,7 @@ class AvatarSupervisor:
         return {"outage": round(self._timeline.now() - self._left_at, 3)}
 
     def _identity(self, attempt: int) -> str:
-        base = self._options.identity
+        base = self._job.avatar_identity(self._options.identity)
         return base if attempt == 0 else f"{base}-{attempt}"
 
     async def _attempt(self, attempt: int) -> bool:
@@ -451,10 +457,8 @@ class AvatarSupervisor:
 
     def _check_stray(self, participant: rtc.RemoteParticipant) -> None:
         identity = participant.identity
-        ours = identity in self._minted or (
-            participant.attributes.get(ATTRIBUTE_PUBLISH_ON_BEHALF) == self._job.agent_identity
-        )
-        if not ours or identity == self._expected or identity in self._removing:
+        # Every identity this job minted, and nothing else: another job's avatar is that job's.
+        if identity not in self._minted or identity == self._expected or identity in self._removing:
             return
         if asyncio.get_running_loop().time() > self._guard_until:
             return  # no token of ours can still let it in: not one of ours

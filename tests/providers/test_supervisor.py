@@ -93,13 +93,13 @@ class Harness:
         return load_settings(**values)
 
     def start(
-        self, settings: Settings, session: AgentSession[Any] | None = None
+        self, settings: Settings, session: AgentSession[Any] | None = None, *, job_id: str = ""
     ) -> AvatarSupervisor:
         timeline = JobTimeline(room=self.room.name, provider=settings.provider)
         timeline.add_metrics_sink(self.log)
         supervisor = avatar_for_job(
             room=self.room,
-            job=JobRoom(self.room.name, None, AGENT),
+            job=JobRoom(self.room.name, None, AGENT, job_id),
             settings=settings,
             timeline=timeline,
             connect=_connected,
@@ -201,6 +201,35 @@ async def test_the_avatar_joins_speaks_for_the_agent_and_the_end_ends_it_once(
     startup = harness.log.named("startup")[0].timings
     for phase in ("job_received", "token_minted", "provider_call_sent", "provider_answered"):
         assert phase in startup, phase
+
+
+def test_an_avatar_identity_is_unique_to_its_job() -> None:
+    job = JobRoom("room", None, "agent-AJ_abc123", "AJ_abc123")
+    assert job.avatar_identity("lemonslice-avatar-agent") == "lemonslice-avatar-agent-abc123"
+    assert JobRoom("room", None, AGENT).avatar_identity("x") == "x"  # no job: the base itself
+
+
+async def test_two_jobs_in_one_room_have_their_own_avatars_and_leave_each_other_s_alone(
+    harness: Harness, lemonslice: tuple[LemonSliceEmulator, LocalAvatarLauncher]
+) -> None:
+    """A second job in the room (a takeover, a duplicate dispatch): no identity collision, and
+    neither late-join guard takes the other job's avatar, which speaks for the same agent here,
+    for one of its own."""
+    emulator, _ = lemonslice
+    settings = harness.settings("lemonslice", emulator)
+    first = harness.start(settings, job_id="AJ_first")
+    await harness.log.wait_for("joined")
+    second = harness.start(settings, job_id="AJ_second")
+    await harness.log.wait_for("joined", count=2)
+    identities = {"lemonslice-avatar-agent-first", "lemonslice-avatar-agent-second"}
+    assert identities <= set(harness.room.remote_participants)
+    assert route(first) == route(second) == "avatar"
+    assert not harness.log.named("removed")
+    assert len(emulator.active_sessions) == 2
+    await second.aclose()
+    await gone(harness.room, "lemonslice-avatar-agent-second")
+    assert "lemonslice-avatar-agent-first" in harness.room.remote_participants
+    assert len(emulator.active_sessions) == 1
 
 
 async def test_a_refused_start_gives_the_agent_its_own_voice(
