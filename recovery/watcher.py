@@ -67,6 +67,8 @@ class RecoveryWatcher:
         self._checks: dict[str, asyncio.Task[str]] = {}
         self._left: dict[str, str] = {}  # room -> identity of an agent seen leaving it
         self.dispatched: list[tuple[str, str]] = []  # (room, job recovered), in order
+        self.outcomes: list[tuple[str, str]] = []  # (room, what a check decided), in order
+        self.checked = asyncio.Event()  # set after every check
 
     # -- what starts a check -------------------------------------------------------------------
 
@@ -118,6 +120,8 @@ class RecoveryWatcher:
     async def _delayed_check(self, room: str, reason: str) -> str:
         await asyncio.sleep(self.rank(room) * self._options.failover_delay)
         outcome = await self.check(room)
+        self.outcomes.append((room, outcome))
+        self.checked.set()
         logger.info(
             "recovery check of %s (%s): %s",
             room,
