@@ -23,10 +23,11 @@ from livekit.agents import AgentServer, AutoSubscribe, JobContext, JobProcess, c
 
 from config import ConfigError, Settings, get_settings
 from providers.lifecycle import JobTimeline
-from providers.registry import avatar_for_job, provider_api_url
+from providers.registry import avatar_for_job, livekit_credentials, provider_api_url
 from providers.supervisor import AvatarSupervisor, JobRoom
 from providers.warmup import ResolvedHost, resolve_provider_host
 from recovery.job import claim_room, end_job_memory
+from recovery.worker_watch import remove_agents_of_dead_jobs
 from speech.pipeline import VoicePipeline, build_voice
 from subscriptions import connect_to_people
 
@@ -178,6 +179,8 @@ def create_server(settings: Settings) -> AgentServer:
         **capacity,
     )
     server.setup_fnc = prewarm
+    if settings.livekit_url and settings.livekit_api_key and settings.livekit_api_secret:
+        remove_agents_of_dead_jobs(server, livekit_credentials(settings))  # speeds up recovery
     server.rtc_session(entrypoint, agent_name=settings.agent_name, on_session_end=end_of_session)
     return server
 

@@ -31,6 +31,7 @@ pytestmark = pytest.mark.e2e
 # "disconnected" and 5 s more to "failed", constants of the server (pkg/rtc/transport.go), not
 # settings. The agent cannot be back sooner than that plus a job's start.
 AGENT_BACK_WITHIN = 45.0
+SERVER_ICE_TIMEOUT = 15.0
 
 MEASURED: list[dict[str, str]] = []
 
@@ -133,6 +134,14 @@ async def test_a_single_killed_job_process_is_recovered_like_a_dead_worker(
 
     killed_at = time.monotonic()
     os.kill(job_pid, signal.SIGKILL)
+    # The worker saw its job process die and took the agent out of the room: the server's own
+    # detection (its ICE timeout, 15 s at the least) is not waited for.
+    await call.worker.wait_for_log(
+        lambda r: r.get("recovery") == "dead_job_agent_removed" and r.get("room") == call.room,
+        timeout=15,
+    )
+    await call.user.wait_until_gone(old_agent, timeout=15)
+    assert call.user.left_at[old_agent] - killed_at < SERVER_ICE_TIMEOUT
     await _assert_recovered(call, killed_at, old_agent, old_avatar, "one job process")
     assert len(await call.recovery_dispatches()) == 1
 
