@@ -104,7 +104,14 @@ class RoomMemoryKeeper:
 
     def _claim(self, memory: RoomMemory | None) -> RoomMemory:
         kept = memory.avatars if memory is not None and memory.job_id != self._job_id else ()
-        return RoomMemory(self._job_id, self._agent_identity, "running", kept, time.time())
+        return RoomMemory(
+            self._job_id,
+            self._agent_identity,
+            "running",
+            kept,
+            time.time(),
+            self._settings.agent_health_url,
+        )
 
     def _without(
         self, memory: RoomMemory | None, ended: tuple[AvatarRecord, ...]

@@ -39,6 +39,7 @@ class RoomMemory:
     state: JobState = "running"
     avatars: tuple[AvatarRecord, ...] = field(default=())
     claimed_at: float = 0.0  # wall clock (time.time()) of the job's claim
+    worker_health_url: str | None = None  # where the watcher can see the job's worker is alive
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "avatars": [asdict(a) for a in self.avatars]}
@@ -66,9 +67,14 @@ def read_memory(metadata: str) -> RoomMemory | None:
             state="ended" if state == "ended" else "running",
             avatars=avatars,
             claimed_at=float(raw.get("claimed_at", 0.0)),
+            worker_health_url=_optional_str(raw.get("worker_health_url")),
         )
     except (ValueError, KeyError, TypeError, AttributeError):
         return None
+
+
+def _optional_str(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
 
 
 def write_memory(metadata: str, memory: RoomMemory | None) -> str:

@@ -25,6 +25,7 @@ import time
 import zlib
 from dataclasses import dataclass
 
+import aiohttp
 from livekit import api
 
 from .memory import RoomMemory, read_memory
@@ -45,6 +46,9 @@ class WatcherOptions:
     dispatch_grace: float = 10.0
     # A job claims the room before its agent joins: absent this long after its claim, it died.
     join_grace: float = 30.0
+    # A worker whose health endpoint cannot be reached this many sweeps in a row is dead.
+    probe_failures: int = 2
+    probe_timeout: float = 2.0
 
 
 def recovery_metadata(job_id: str) -> str:
@@ -69,6 +73,8 @@ class RecoveryWatcher:
         self.dispatched: list[tuple[str, str]] = []  # (room, job recovered), in order
         self.outcomes: list[tuple[str, str]] = []  # (room, what a check decided), in order
         self.checked = asyncio.Event()  # set after every check
+        self._unreachable: dict[str, int] = {}  # worker health URL -> failed probes in a row
+        self._http: aiohttp.ClientSession | None = None
 
     # -- what starts a check -------------------------------------------------------------------
 
@@ -83,12 +89,36 @@ class RecoveryWatcher:
             self._left.pop(room, None)
 
     async def sweep(self) -> None:
-        """Check every room whose memory says its job is running (lost webhooks, a restart)."""
+        """Check every room whose memory says its job is running (lost webhooks, a restart), and
+        probe the workers of those jobs: a worker that is gone has its rooms recovered now, not
+        when livekit-server's ICE timeout drops its agents (about 20 s)."""
         rooms = await self._lk.room.list_rooms(api.ListRoomsRequest())
-        for room in rooms.rooms:
-            memory = read_memory(room.metadata)
-            if memory is not None and memory.state == "running":
-                self.check_soon(room.name, reason="sweep")
+        running = [
+            (room.name, memory)
+            for room in rooms.rooms
+            if (memory := read_memory(room.metadata)) is not None and memory.state == "running"
+        ]
+        urls = sorted({m.worker_health_url for _, m in running if m.worker_health_url})
+        reachable = await asyncio.gather(*(self._probe(url) for url in urls))
+        dead = {url for url, ok in zip(urls, reachable, strict=True) if not ok}
+        for name, memory in running:
+            self.check_soon(name, reason="sweep", worker_dead=memory.worker_health_url in dead)
+
+    async def _probe(self, url: str) -> bool:
+        """False once `url` could not be reached `probe_failures` times in a row. Any answer,
+        even an error status, means the worker's process is there."""
+        if self._http is None:
+            self._http = aiohttp.ClientSession()
+        try:
+            async with self._http.get(
+                url, timeout=aiohttp.ClientTimeout(total=self._options.probe_timeout)
+            ):
+                self._unreachable.pop(url, None)
+                return True
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            failures = self._unreachable.get(url, 0) + 1
+            self._unreachable[url] = failures
+            return failures < self._options.probe_failures
 
     async def run_sweeps(self) -> None:
         while True:
@@ -98,11 +128,13 @@ class RecoveryWatcher:
                 logger.warning("recovery sweep failed: %s", error)
             await asyncio.sleep(self._options.sweep_interval)
 
-    def check_soon(self, room: str, *, reason: str) -> None:
+    def check_soon(self, room: str, *, reason: str, worker_dead: bool = False) -> None:
         running = self._checks.get(room)
         if running is not None and not running.done():
             return  # one check per room at a time: duplicates of an event are one check
-        task = asyncio.create_task(self._delayed_check(room, reason), name=f"recover-{room}")
+        task = asyncio.create_task(
+            self._delayed_check(room, reason, worker_dead), name=f"recover-{room}"
+        )
         self._checks[room] = task
         task.add_done_callback(lambda _: self._forget(room, task))
 
@@ -117,9 +149,9 @@ class RecoveryWatcher:
         first = zlib.crc32(room.encode()) % self._options.watchers
         return (self._options.index - first) % self._options.watchers
 
-    async def _delayed_check(self, room: str, reason: str) -> str:
+    async def _delayed_check(self, room: str, reason: str, worker_dead: bool) -> str:
         await asyncio.sleep(self.rank(room) * self._options.failover_delay)
-        outcome = await self.check(room)
+        outcome = await self.check(room, worker_dead=worker_dead)
         self.outcomes.append((room, outcome))
         self.checked.set()
         logger.info(
@@ -135,11 +167,16 @@ class RecoveryWatcher:
         for task in list(self._checks.values()):
             task.cancel()
         await asyncio.gather(*self._checks.values(), return_exceptions=True)
+        if self._http is not None:
+            await self._http.close()
 
     # -- the decision --------------------------------------------------------------------------
 
-    async def check(self, room: str) -> str:
-        """Dispatch the agent again if the room's job died; returns what was decided."""
+    async def check(self, room: str, *, worker_dead: bool = False) -> str:
+        """Dispatch the agent again if the room's job died; returns what was decided.
+
+        `worker_dead`: the job's worker cannot be reached: its agent, still listed until the
+        server's ICE timeout, is removed first (a job that is in fact alive then ends itself)."""
         rooms = await self._lk.room.list_rooms(api.ListRoomsRequest(names=[room]))
         if not rooms.rooms:
             self._left.pop(room, None)
@@ -150,7 +187,10 @@ class RecoveryWatcher:
         if memory.state == "ended":
             return "ended on purpose"
         listed = await self._lk.room.list_participants(api.ListParticipantsRequest(room=room))
-        participants = listed.participants
+        participants = list(listed.participants)
+        if worker_dead and any(p.identity == memory.agent_identity for p in participants):
+            await self._remove_dead_agent(room, memory)
+            participants = [p for p in participants if p.identity != memory.agent_identity]
         if any(is_live_agent(p) for p in participants):
             return "agent alive"
         if not any(is_person(p) for p in participants):
@@ -158,6 +198,23 @@ class RecoveryWatcher:
         if not self._gone(room, memory):
             return "agent not joined yet"
         return await self._dispatch_once(room, memory)
+
+    async def _remove_dead_agent(self, room: str, memory: RoomMemory) -> None:
+        try:
+            await self._lk.room.remove_participant(
+                api.RoomParticipantIdentity(room=room, identity=memory.agent_identity)
+            )
+        except api.TwirpError as error:
+            if error.code != "not_found":
+                raise
+        self._left[room] = memory.agent_identity
+        logger.warning(
+            "the worker of job %s cannot be reached: its agent %s removed from %s",
+            memory.job_id,
+            memory.agent_identity,
+            room,
+            extra={"room": room, "recovery": "dead_worker_agent_removed"},
+        )
 
     def _gone(self, room: str, memory: RoomMemory) -> bool:
         if self._left.get(room) == memory.agent_identity:

@@ -21,6 +21,7 @@ MEMORY = RoomMemory(
     agent_identity="agent-AJ_1",
     avatars=(AvatarRecord("lemonslice", "lemonslice-avatar-agent-1", "sess-9"),),
     claimed_at=1700000000.5,
+    worker_health_url="http://10.0.0.5:8081/",
 )
 
 
@@ -35,7 +36,14 @@ def test_the_memory_reads_back_as_written_and_other_keys_are_kept() -> None:
 
 def test_it_holds_no_secret_only_what_identifies_a_session() -> None:
     document = json.loads(write_memory("", MEMORY))[MEMORY_KEY]
-    assert set(document) == {"job_id", "agent_identity", "state", "avatars", "claimed_at"}
+    assert set(document) == {
+        "job_id",
+        "agent_identity",
+        "state",
+        "avatars",
+        "claimed_at",
+        "worker_health_url",
+    }
     assert set(document["avatars"][0]) == {"provider", "identity", "session_id"}
 
 

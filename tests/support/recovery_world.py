@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from tests.support.emulators import (
     LemonSliceEmulator,
 )
 from tests.support.livekit_cluster import LiveKitCluster
-from tests.support.livekit_server import LiveKitServer, server_api
+from tests.support.livekit_server import LiveKitServer, free_port, server_api
 from tests.support.room_user import AUDIBLE_RMS, Ears, RoomUser
 from tests.support.worker import WorkerProcess, worker_environment
 
@@ -62,8 +63,11 @@ class World:
         return self.cluster.nodes[index]
 
     async def start_worker(self, index: int) -> WorkerProcess:
+        # A fixed health port, so the job can tell the watchers where its worker is.
+        port = free_port(socket.SOCK_STREAM, set())
+        health = {"AGENT_HTTP_PORT": str(port), "AGENT_HEALTH_URL": f"http://127.0.0.1:{port}/"}
         worker = WorkerProcess(
-            worker_environment(self.node(index), self.agent_name, self.env),
+            worker_environment(self.node(index), self.agent_name, self.env | health),
             cwd=self.workdir,
         )
         await worker.start()
