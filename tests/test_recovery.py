@@ -29,7 +29,8 @@ pytestmark = pytest.mark.e2e
 
 # livekit-server drops a participant whose process died only when its ICE times out: 10 s to
 # "disconnected" and 5 s more to "failed", constants of the server (pkg/rtc/transport.go), not
-# settings. The agent cannot be back sooner than that plus a job's start.
+# settings. Recovery does not wait for it (the worker removes a dead job process's agent, the
+# watchers a dead worker's); these bounds leave room for a loaded machine.
 AGENT_BACK_WITHIN = 45.0
 SERVER_ICE_TIMEOUT = 15.0
 
@@ -119,6 +120,10 @@ async def test_a_sigkilled_worker_s_call_gets_its_agent_and_a_new_avatar_back(
     await call.worker.kill()
     world.workers[victim] = None
     try:
+        # The watchers found the worker unreachable and took its agent out: the server's own
+        # detection (its ICE timeout, 15 s at the least) is not waited for.
+        await call.user.wait_until_gone(old_agent, timeout=AGENT_BACK_WITHIN)
+        assert call.user.left_at[old_agent] - killed_at < SERVER_ICE_TIMEOUT
         await _assert_recovered(call, killed_at, old_agent, old_avatar, "worker")
         assert len(await call.recovery_dispatches()) == 1  # one dispatch, two watchers
     finally:
