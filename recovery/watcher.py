@@ -49,6 +49,8 @@ class WatcherOptions:
     # A worker whose health endpoint cannot be reached this many sweeps in a row is dead.
     probe_failures: int = 2
     probe_timeout: float = 2.0
+    # How long after a room's creation its first dispatch is watched for a worker that never took it.
+    first_job_window: float = 300.0
 
 
 def recovery_metadata(job_id: str) -> str:
@@ -98,6 +100,12 @@ class RecoveryWatcher:
             for room in rooms.rooms
             if (memory := read_memory(room.metadata)) is not None and memory.state == "running"
         ]
+        # A room no job has claimed yet, lately made: its first dispatch may have found no worker.
+        now = time.time()
+        for room in rooms.rooms:
+            unclaimed = not room.metadata or read_memory(room.metadata) is None
+            if unclaimed and now - room.creation_time < self._options.first_job_window:
+                self.check_soon(room.name, reason="sweep: no job yet")
         urls = sorted({m.worker_health_url for _, m in running if m.worker_health_url})
         reachable = await asyncio.gather(*(self._probe(url) for url in urls))
         dead = {url for url, ok in zip(urls, reachable, strict=True) if not ok}
@@ -183,7 +191,7 @@ class RecoveryWatcher:
             return "room gone"
         memory = read_memory(rooms.rooms[0].metadata)
         if memory is None:
-            return "no job remembered"
+            return await self._rescue_lost_dispatch(room)
         if memory.state == "ended":
             return "ended on purpose"
         listed = await self._lk.room.list_participants(api.ListParticipantsRequest(room=room))
@@ -198,6 +206,41 @@ class RecoveryWatcher:
         if not self._gone(room, memory):
             return "agent not joined yet"
         return await self._dispatch_once(room, memory)
+
+    async def _rescue_lost_dispatch(self, room: str) -> str:
+        """A room with no job yet: its dispatch is made again if no worker took it (every worker
+        answered "not available", or none was registered: livekit-server drops such a job)."""
+        dispatches = [
+            d
+            for d in await self._lk.agent_dispatch.list_dispatch(room_name=room)
+            if d.agent_name == self._options.agent_name
+        ]
+        if not dispatches:
+            return "no dispatch"
+        if any(d.state.jobs for d in dispatches):
+            return "no job remembered"  # a worker took it: the job is on its way, or ended
+        newest = max(d.state.created_at for d in dispatches)
+        if (time.time_ns() - newest) / 1e9 < self._options.dispatch_grace:
+            return "dispatch pending"
+        listed = await self._lk.room.list_participants(api.ListParticipantsRequest(room=room))
+        if any(is_live_agent(p) for p in listed.participants):
+            return "agent alive"
+        if not any(is_person(p) for p in listed.participants):
+            return "nobody left"
+        for dispatch in dispatches:
+            await self._lk.agent_dispatch.delete_dispatch(dispatch.id, room)
+        await self._lk.agent_dispatch.create_dispatch(
+            api.CreateAgentDispatchRequest(
+                agent_name=self._options.agent_name, room=room, metadata=dispatches[0].metadata
+            )
+        )
+        self.dispatched.append((room, ""))
+        logger.warning(
+            "no worker took the dispatch of %s: dispatched again",
+            room,
+            extra={"room": room, "recovery": "lost_dispatch_made_again"},
+        )
+        return "lost dispatch made again"
 
     async def _remove_dead_agent(self, room: str, memory: RoomMemory) -> None:
         try:

@@ -139,7 +139,7 @@ async def open_world(cluster: LiveKitCluster, provider: str, workdir: Path) -> A
     launcher = LocalAvatarLauncher()
     emulator: EmulatorServer
     env = {
-        "AVATAR_JOIN_TIMEOUT": "10",
+        "AVATAR_JOIN_TIMEOUT": "30",  # the app's default: emulated avatars join slowly under load
         "AVATAR_START_TIMEOUT": "10",
         "AVATAR_MAX_RESTARTS": "2",
         "VOICE_MODE": "offline",
@@ -225,11 +225,11 @@ class Call:
         """The provider sessions of this call (one call at a time runs in a world)."""
         return list(self.world.emulator.sessions[self.first_session :])
 
-    async def greeted(self) -> tuple[str, str]:
+    async def greeted(self, *, timeout: float = 30) -> tuple[str, str]:
         """The agent and its avatar, once the user heard the greeting from the avatar."""
-        agent = await self.agent()
-        avatar = await self.avatar_of(agent)
-        await self.ears.heard(avatar, after=0)
+        agent = await self.agent(timeout=timeout)
+        avatar = await self.avatar_of(agent, timeout=timeout)
+        await self.ears.heard(avatar, after=0, timeout=timeout)
         return agent, avatar
 
     async def recovery_dispatches(self) -> list[api.AgentDispatch]:
