@@ -12,6 +12,7 @@ to `recovery-times.md` in pytest's base temp directory.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import time
@@ -21,6 +22,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests.support.emulators import EmulatedSession
 from tests.support.livekit_cluster import LiveKitCluster
 from tests.support.recovery_world import Call, World, is_agent, open_call, open_world
 from tests.support.worker import WorkerProcess
@@ -79,15 +81,20 @@ def times_report(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 
 
 async def _assert_recovered(
-    call: Call, killed_at: float, old_agent: str, old_avatar: str, killed: str
+    call: Call,
+    killed_at: float,
+    old_agent: str,
+    old_avatar: str,
+    killed: str,
+    old_sessions: list[EmulatedSession],
 ) -> None:
-    old_sessions = call.sessions()
     assert old_sessions
     agent = await call.agent(not_identity=old_agent, timeout=AGENT_BACK_WITHIN)
     agent_back = time.monotonic() - killed_at
     await call.user.wait_until_gone(old_avatar, timeout=15)
     gone = call.user.left_at[old_avatar] - killed_at
-    await call.world.emulator.wait_until(lambda: all(not s.active for s in old_sessions))
+    async with asyncio.timeout(30):
+        await call.world.emulator.wait_until(lambda: all(not s.active for s in old_sessions))
     ended = max(s.ended_at or 0.0 for s in old_sessions) - killed_at
     avatar = await call.avatar_of(agent, timeout=30)
     avatar_up = call.user.video_at[avatar] - killed_at
@@ -114,6 +121,7 @@ async def test_a_sigkilled_worker_s_call_gets_its_agent_and_a_new_avatar_back(
 ) -> None:
     await call.dispatch()
     old_agent, old_avatar = await call.greeted()
+    old_sessions = call.sessions()  # the dead job's, before any new job starts one
     victim = call.worker_index
 
     killed_at = time.monotonic()
@@ -124,7 +132,7 @@ async def test_a_sigkilled_worker_s_call_gets_its_agent_and_a_new_avatar_back(
         # detection (its ICE timeout, 15 s at the least) is not waited for.
         await call.user.wait_until_gone(old_agent, timeout=AGENT_BACK_WITHIN)
         assert call.user.left_at[old_agent] - killed_at < SERVER_ICE_TIMEOUT
-        await _assert_recovered(call, killed_at, old_agent, old_avatar, "worker")
+        await _assert_recovered(call, killed_at, old_agent, old_avatar, "worker", old_sessions)
         assert len(await call.recovery_dispatches()) == 1  # one dispatch, two watchers
     finally:
         await world.start_worker(victim)
@@ -135,6 +143,7 @@ async def test_a_single_killed_job_process_is_recovered_like_a_dead_worker(
 ) -> None:
     await call.dispatch()
     old_agent, old_avatar = await call.greeted()
+    old_sessions = call.sessions()  # the dead job's, before any new job starts one
     job_pid = _job_process(call.worker, old_agent)
 
     killed_at = time.monotonic()
@@ -147,7 +156,7 @@ async def test_a_single_killed_job_process_is_recovered_like_a_dead_worker(
     )
     await call.user.wait_until_gone(old_agent, timeout=15)
     assert call.user.left_at[old_agent] - killed_at < SERVER_ICE_TIMEOUT
-    await _assert_recovered(call, killed_at, old_agent, old_avatar, "one job process")
+    await _assert_recovered(call, killed_at, old_agent, old_avatar, "one job process", old_sessions)
     assert len(await call.recovery_dispatches()) == 1
 
 
