@@ -110,7 +110,8 @@ class RecoveryWatcher:
         reachable = await asyncio.gather(*(self._probe(url) for url in urls))
         dead = {url for url, ok in zip(urls, reachable, strict=True) if not ok}
         for name, memory in running:
-            self.check_soon(name, reason="sweep", worker_dead=memory.worker_health_url in dead)
+            dead_job = memory.job_id if memory.worker_health_url in dead else None
+            self.check_soon(name, reason="sweep", dead_job=dead_job)
 
     async def _probe(self, url: str) -> bool:
         """False once `url` could not be reached `probe_failures` times in a row. Any answer,
@@ -136,12 +137,12 @@ class RecoveryWatcher:
                 logger.warning("recovery sweep failed: %s", error)
             await asyncio.sleep(self._options.sweep_interval)
 
-    def check_soon(self, room: str, *, reason: str, worker_dead: bool = False) -> None:
+    def check_soon(self, room: str, *, reason: str, dead_job: str | None = None) -> None:
         running = self._checks.get(room)
         if running is not None and not running.done():
             return  # one check per room at a time: duplicates of an event are one check
         task = asyncio.create_task(
-            self._delayed_check(room, reason, worker_dead), name=f"recover-{room}"
+            self._delayed_check(room, reason, dead_job), name=f"recover-{room}"
         )
         self._checks[room] = task
         task.add_done_callback(lambda _: self._forget(room, task))
@@ -157,9 +158,9 @@ class RecoveryWatcher:
         first = zlib.crc32(room.encode()) % self._options.watchers
         return (self._options.index - first) % self._options.watchers
 
-    async def _delayed_check(self, room: str, reason: str, worker_dead: bool) -> str:
+    async def _delayed_check(self, room: str, reason: str, dead_job: str | None) -> str:
         await asyncio.sleep(self.rank(room) * self._options.failover_delay)
-        outcome = await self.check(room, worker_dead=worker_dead)
+        outcome = await self.check(room, dead_job=dead_job)
         self.outcomes.append((room, outcome))
         self.checked.set()
         logger.info(
@@ -180,11 +181,12 @@ class RecoveryWatcher:
 
     # -- the decision --------------------------------------------------------------------------
 
-    async def check(self, room: str, *, worker_dead: bool = False) -> str:
+    async def check(self, room: str, *, dead_job: str | None = None) -> str:
         """Dispatch the agent again if the room's job died; returns what was decided.
 
-        `worker_dead`: the job's worker cannot be reached: its agent, still listed until the
-        server's ICE timeout, is removed first (a job that is in fact alive then ends itself)."""
+        `dead_job`: that job's worker cannot be reached: if it still serves the room (a new job may
+        have taken over since), its agent, listed until the server's ICE timeout, is removed first
+        (a job that is in fact alive then ends itself)."""
         rooms = await self._lk.room.list_rooms(api.ListRoomsRequest(names=[room]))
         if not rooms.rooms:
             self._left.pop(room, None)
@@ -196,7 +198,9 @@ class RecoveryWatcher:
             return "ended on purpose"
         listed = await self._lk.room.list_participants(api.ListParticipantsRequest(room=room))
         participants = list(listed.participants)
-        if worker_dead and any(p.identity == memory.agent_identity for p in participants):
+        if memory.job_id == dead_job and any(
+            p.identity == memory.agent_identity for p in participants
+        ):
             await self._remove_dead_agent(room, memory)
             participants = [p for p in participants if p.identity != memory.agent_identity]
         if any(is_live_agent(p) for p in participants):
