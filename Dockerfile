@@ -51,6 +51,7 @@ COPY --from=build --chown=${APP_UID}:${APP_UID} /app/.venv /app/.venv
 COPY --chown=${APP_UID}:${APP_UID} agent.py chat.py config.py held_turns.py subscriptions.py ./
 COPY --chown=${APP_UID}:${APP_UID} providers/ ./providers/
 COPY --chown=${APP_UID}:${APP_UID} speech/ ./speech/
+COPY --chown=${APP_UID}:${APP_UID} recovery/ ./recovery/
 
 # Fetch plugin model files at build time so workers start without network downloads, and byte-compile
 # the application (the dependencies were compiled by uv) so no process compiles it at start.

@@ -31,10 +31,12 @@ from observability.avatar_metrics import AvatarMetricsRecorder
 from observability.prometheus import prometheus_options, watch_for_dead_processes
 from observability.tracing import AvatarTracer, configure_tracing, flush_traces
 from providers.lifecycle import JobTimeline
-from providers.registry import avatar_for_job, provider_api_url
+from providers.registry import avatar_for_job, livekit_credentials, provider_api_url
 from providers.room_connect import connect_once
 from providers.supervisor import AvatarSupervisor, JobRoom
 from providers.warmup import ResolvedHost, resolve_provider_host
+from recovery.job import claim_room, end_job_memory
+from recovery.worker_watch import remove_agents_of_dead_jobs
 from speech.pipeline import VoicePipeline, build_voice
 from subscriptions import connect_to_people
 
@@ -78,13 +80,19 @@ async def run_job(ctx: JobContext, settings: Settings, voice: VoicePipeline) -> 
     # LiveKit room, so no avatar either.)
     avatar: AvatarSupervisor | None = None
     if not ctx.is_fake_job():
+        # The room remembers its job and avatars; what a dead job left in it is ended first.
+        if (memory := await claim_room(ctx, settings)) is None:
+            return  # this room's agent is alive: this dispatch is refused
         avatar = avatar_for_job(
             room=ctx.room,
-            job=JobRoom(room_name, ctx.job.room.sid or None, ctx.local_participant_identity),
+            job=JobRoom(
+                room_name, ctx.job.room.sid or None, ctx.local_participant_identity, ctx.job.id
+            ),
             settings=settings,
             timeline=timeline,
             connect=connect_room,
             prewarmed=ctx.proc.userdata.get(PREWARMED_PROVIDER),
+            on_avatar=memory.record,
         )
         avatar.attach(session)
         ctx.proc.userdata[JOB_AVATAR] = avatar  # ended by end_of_session, before the room is left
@@ -120,6 +128,7 @@ async def end_of_session(ctx: JobContext) -> None:
     avatar = ctx.proc.userdata.get(JOB_AVATAR)
     if isinstance(avatar, AvatarSupervisor):
         await avatar.aclose()
+    await end_job_memory(ctx)  # no recovery for a job that ends by itself
 
 
 async def entrypoint(ctx: JobContext) -> None:
@@ -211,6 +220,8 @@ def create_server(settings: Settings) -> AgentServer:
     )
     watch_for_dead_processes(server, metrics)
     server.setup_fnc = prewarm
+    if settings.livekit_url and settings.livekit_api_key and settings.livekit_api_secret:
+        remove_agents_of_dead_jobs(server, livekit_credentials(settings))  # speeds up recovery
     server.rtc_session(entrypoint, agent_name=settings.agent_name, on_session_end=end_of_session)
     return server
 

@@ -124,6 +124,9 @@ class Settings(BaseModel):
     agent_name: str = Field(default="avatar-agent", min_length=1, max_length=128)
     # The worker's health/HTTP port in `start` mode (0 = any free port).
     agent_http_port: int = Field(default=8081, ge=0, le=65535)
+    # Where the recovery watcher reaches this worker's health endpoint (e.g. http://10.0.0.5:8081/).
+    # Set, a whole worker's death is seen in seconds; unset, when livekit-server drops its agents.
+    agent_health_url: str | None = None
     # CPU load (0-1) at which the worker stops taking jobs. Unset: livekit-agents' own default
     # (0.7 in `start`, no limit in `dev`); LiveKit Cloud hosting ignores a custom value.
     agent_load_threshold: float | None = Field(default=None, gt=0, le=1)
@@ -170,6 +173,11 @@ class Settings(BaseModel):
     @classmethod
     def _livekit_url(cls, value: str | None) -> str | None:
         return _check_url(value, ("ws", "wss", "http", "https"))
+
+    @field_validator("agent_health_url")
+    @classmethod
+    def _health_url(cls, value: str | None) -> str | None:
+        return _check_url(value, ("http", "https"))
 
     @field_validator("lemonslice_api_url", "anam_api_url")
     @classmethod

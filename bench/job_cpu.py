@@ -80,7 +80,7 @@ async def one_job(
     worker = arm.worker
     async with user_in_new_room(server, lk, "cpu") as user:
         measurement = Measurement(user.room.name)
-        clock = UserClock(user, identity, want_word=False)
+        clock = UserClock(user, identity, want_word=False, of_job=True)
         at_dispatch = tree_cpu_seconds(worker.pid)
         try:
             await dispatch_to_workers(lk, arm.agent_name, user.room.name, [worker])

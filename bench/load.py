@@ -174,7 +174,7 @@ async def burst(
     rooms = [f"load-{uuid.uuid4().hex[:8]}" for _ in range(sessions)]
     users = await asyncio.gather(*(RoomUser.join(server, room) for room in rooms))
     measurements = [Measurement(room) for room in rooms]
-    clocks = [UserClock(user, identity, want_word=False) for user in users]
+    clocks = [UserClock(user, identity, want_word=False, of_job=True) for user in users]
     try:
         cpu.start()
         started = time.monotonic()

@@ -29,7 +29,7 @@ from providers.token import AvatarTokenRequest, mint_avatar_token
 from tests.support.dispatch import dispatch_to_workers
 from tests.support.emulators import AnamEmulator, EmulatorServer, LemonSliceEmulator
 from tests.support.livekit_server import LiveKitServer, connect_participant
-from tests.support.room_user import RoomUser
+from tests.support.room_user import FirstFrame, RoomUser
 from tests.support.worker import WorkerProcess
 
 # int16 RMS of a 10 ms frame: eSpeak's speech is in the thousands, the avatar's idle audio is 0.
@@ -77,16 +77,33 @@ async def user_in_new_room(
 class UserClock:
     """Starts listening before the start-up begins; `until_seen` returns seconds since `started`."""
 
-    def __init__(self, user: RoomUser, identity: str, *, want_word: bool) -> None:
+    def __init__(
+        self, user: RoomUser, identity: str, *, want_word: bool, of_job: bool = False
+    ) -> None:
+        """`of_job`: the avatar is a worker's job's, whose identity the job chooses (ours makes the
+        provider's unique to the job): it is the participant that speaks for an agent."""
         self._user = user
         self._identity = identity
-        self._frame = asyncio.create_task(user.first_video_frame(identity, RUN_TIMEOUT))
+        self._resolved: asyncio.Task[str] = asyncio.create_task(self._resolve(of_job))
+        self._frame = asyncio.create_task(self._first_frame())
         self._word: asyncio.Task[float] | None = None
         if want_word:
-            self._word = asyncio.create_task(
-                user.first_voiced_audio(identity, threshold=VOICED_RMS, timeout=RUN_TIMEOUT)
-            )
+            self._word = asyncio.create_task(self._first_word())
         self.started = time.monotonic()
+
+    async def _resolve(self, of_job: bool) -> str:
+        if of_job:
+            self._identity = (await self._user.wait_for_avatar(timeout=RUN_TIMEOUT)).identity
+        return self._identity
+
+    async def _first_frame(self) -> FirstFrame:
+        return await self._user.first_video_frame(await self._resolved, RUN_TIMEOUT)
+
+    async def _first_word(self) -> float:
+        identity = await self._resolved
+        return await self._user.first_voiced_audio(
+            identity, threshold=VOICED_RMS, timeout=RUN_TIMEOUT
+        )
 
     async def until_seen(self, measurement: Measurement) -> None:
         try:
@@ -102,7 +119,7 @@ class UserClock:
             await self.aclose()
 
     async def aclose(self) -> None:
-        tasks = [t for t in (self._frame, self._word) if t is not None]
+        tasks = [t for t in (self._resolved, self._frame, self._word) if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -123,7 +140,7 @@ async def measure_dispatch(
     async with user_in_new_room(server, lk, "bench") as user:
         measurement = Measurement(user.room.name)
         calls_before = len(emulator.requests) if emulator is not None else 0
-        clock = UserClock(user, identity, want_word=want_word)
+        clock = UserClock(user, identity, want_word=want_word, of_job=True)
         dispatched_at = time.time()
         try:
             await dispatch_to_workers(lk, agent_name, user.room.name, [worker])

@@ -22,14 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
-from livekit import api, rtc
+from livekit import api
 
 from speech.espeak_tts import default_engine
 from tests.support.avatar_launcher import LocalAvatarLauncher
 from tests.support.dispatch import dispatch_to_workers
 from tests.support.emulators import LemonSliceEmulator
 from tests.support.livekit_server import LiveKitServer, server_api, server_binary_path
-from tests.support.room_user import AGENT_STATE_ATTRIBUTE, RoomUser
+from tests.support.room_user import AGENT_STATE_ATTRIBUTE, RoomUser, job_avatar_identity
 from tests.support.worker import WorkerProcess, worker_environment
 
 SENTENCE = "who are you"
@@ -102,9 +102,8 @@ async def measure(
             await user.start_microphone()
             async with server_api(server) as lk:
                 await dispatch_to_workers(lk, agent_name, room, [worker])
-            agent = await user.wait_for_participant(
-                kind=rtc.ParticipantKind.PARTICIPANT_KIND_AGENT, not_identity=avatar, timeout=60
-            )
+            agent = await user.wait_for_agent(timeout=60)
+            avatar = job_avatar_identity(avatar, agent.identity)  # unique to the job
             await user.wait_for_transcript(agent.identity, "offline voice", timeout=60)
             await user.wait_for_attribute(agent.identity, AGENT_STATE_ATTRIBUTE, "listening")
             ear = await user.listen(avatar)

@@ -18,7 +18,6 @@ from typing import Any
 
 import aiohttp
 from livekit import api, rtc
-from livekit.agents.voice.room_io import ATTRIBUTE_PUBLISH_ON_BEHALF
 
 from .lifecycle import JobTimeline
 from .session import AvatarOptions, LiveKitCredentials, describe
@@ -33,6 +32,7 @@ class AvatarGuard:
         room: rtc.Room,
         *,
         room_name: str,
+        identity_base: str,
         agent_identity: str,
         options: AvatarOptions,
         livekit: LiveKitCredentials,
@@ -40,6 +40,7 @@ class AvatarGuard:
     ) -> None:
         self._room = room
         self._room_name = room_name
+        self._identity_base = identity_base  # unique to the job: another job's avatar is not ours
         self._agent_identity = agent_identity
         self._options = options
         self._livekit = livekit
@@ -57,7 +58,7 @@ class AvatarGuard:
 
     def identity_for(self, attempt: int) -> str:
         """The avatar identity of a job's `attempt`-th provider session (0: the first)."""
-        base = self._options.identity
+        base = self._identity_base
         return base if attempt == 0 else f"{base}-{attempt}"
 
     def mint(self, identity: str) -> str:
@@ -113,9 +114,9 @@ class AvatarGuard:
             self._check(participant)
 
     def _ours(self, participant: rtc.RemoteParticipant) -> bool:
-        return participant.identity in self._minted or (
-            participant.attributes.get(ATTRIBUTE_PUBLISH_ON_BEHALF) == self._agent_identity
-        )
+        # Every identity this job minted, and nothing else: another job's avatar (a job taking
+        # over, a duplicate dispatch) is that job's, even when it speaks for the same agent.
+        return participant.identity in self._minted
 
     def _check(self, participant: rtc.RemoteParticipant) -> None:
         identity = participant.identity

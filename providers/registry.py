@@ -21,7 +21,7 @@ from .lemonslice.avatar import LemonSliceAvatarSession
 from .lifecycle import JobTimeline
 from .retry import RetryPolicy
 from .session import AvatarOptions, LiveKitCredentials
-from .supervisor import AvatarSupervisor, JobRoom, ProviderSetup
+from .supervisor import AvatarStarted, AvatarSupervisor, JobRoom, ProviderSetup
 from .warmup import ResolvedHost, provider_http_session
 
 AvatarFactory = Callable[[Settings, aiohttp.ClientSession], ProviderSetup]
@@ -164,6 +164,7 @@ def avatar_for_job(
     timeline: JobTimeline,
     connect: Callable[[], Awaitable[None]],
     prewarmed: ResolvedHost | None = None,
+    on_avatar: AvatarStarted | None = None,
 ) -> AvatarSupervisor:
     """The configured provider's avatar for one job, with its own pooled HTTP session."""
     http_session = provider_http_session(prewarmed)
@@ -175,6 +176,7 @@ def avatar_for_job(
         livekit=livekit_credentials(settings),
         timeline=timeline,
         connect=connect,
+        on_avatar=on_avatar,
     )
 
 

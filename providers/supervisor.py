@@ -79,6 +79,10 @@ class ProviderSetup:
     aclose: Callable[[], Awaitable[None]] | None = None
 
 
+# (provider, avatar identity, provider session id or None before the provider answered)
+AvatarStarted = Callable[[str, str, str | None], None]
+
+
 @dataclass(frozen=True)
 class JobRoom:
     """The job's room and agent, as known when the job arrives (before connecting)."""
@@ -86,6 +90,13 @@ class JobRoom:
     name: str
     sid: str | None
     agent_identity: str
+    job_id: str = ""
+
+    def avatar_identity(self, base: str) -> str:
+        """`base` made unique to this job: another job in the same room (one that takes over from
+        a dead one, a duplicate dispatch) never collides with our avatar, nor removes it."""
+        tag = self.job_id.removeprefix("AJ_")
+        return f"{base}-{tag}" if tag else base
 
 
 class AvatarSupervisor:
@@ -99,8 +110,10 @@ class AvatarSupervisor:
         timeline: JobTimeline,
         connect: Callable[[], Awaitable[None]],
         rng: random.Random | None = None,
+        on_avatar: AvatarStarted | None = None,
     ) -> None:
         self._room = room
+        self._on_avatar = on_avatar  # told of every avatar we mint a token for, then of its session
         self._job = job
         self._provider = provider
         self._options = provider.options
@@ -119,6 +132,7 @@ class AvatarSupervisor:
         self.guard = AvatarGuard(
             room,
             room_name=job.name,
+            identity_base=job.avatar_identity(provider.options.identity),
             agent_identity=job.agent_identity,
             options=self._options,
             livekit=livekit,
@@ -258,6 +272,8 @@ class AvatarSupervisor:
             self._reaper.add(session)
             self._avatar = session
             token = self.guard.mint(identity)
+            if self._on_avatar is not None:
+                self._on_avatar(self._provider.name, identity, None)
             if first:
                 self._timeline.mark("token_minted")
             request = ProviderStartRequest(
@@ -272,6 +288,8 @@ class AvatarSupervisor:
             # The HTTP layer ends the call at the deadline with a typed error; this only backs it up.
             async with asyncio.timeout_at(deadline + 1.0):
                 await session.start(request)
+            if self._on_avatar is not None:
+                self._on_avatar(self._provider.name, identity, session.session_id)
             answered_at = self._timeline.now()
             if first:
                 self._timeline.mark("provider_answered")

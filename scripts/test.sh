@@ -10,6 +10,9 @@ source scripts/bootstrap.sh
 scripts/web-deps.sh || echo "test.sh: livekit-client not installed: the browser test cannot run" >&2
 CHROMIUM_BIN="$(scripts/ensure-chromium.sh)" && export CHROMIUM_BIN ||
     echo "test.sh: no Chromium: the browser test cannot run" >&2
+# The cluster tests' Redis (two livekit-server nodes share it). Without it they say why (and fail in CI).
+REDIS_SERVER_BIN="$(scripts/ensure-redis.sh)" && export REDIS_SERVER_BIN ||
+    echo "test.sh: no redis-server: the cluster tests cannot run" >&2
 
 uv run ruff check .
 uv run ruff format --check .

@@ -22,12 +22,18 @@ from tests.support.avatar_launcher import LocalAvatarLauncher
 from tests.support.dispatch import dispatch_to_workers
 from tests.support.emulators import LemonSliceEmulator
 from tests.support.livekit_server import LiveKitServer, server_api
-from tests.support.room_user import AGENT_STATE_ATTRIBUTE, AUDIBLE_RMS, RoomUser
+from tests.support.room_user import (
+    AGENT_STATE_ATTRIBUTE,
+    AUDIBLE_RMS,
+    RoomUser,
+    job_avatar_identity,
+)
 from tests.support.spoken import spoken as recording
 from tests.support.worker import running_worker
 
 pytestmark = pytest.mark.e2e
 
+# The providers' base identities; each job makes its avatar's unique (job_avatar_identity).
 AVATAR = "local-avatar-agent"
 LEMONSLICE_AVATAR = "lemonslice-avatar-agent"
 LEMONSLICE_KEY = "ls-conversation-key-never-logged"
@@ -63,10 +69,8 @@ async def conversation(
 
 async def greeted(user: RoomUser, avatar: str) -> rtc.RemoteParticipant:
     """Wait for the agent and its avatar, and for the greeting to end; returns the agent."""
-    agent = await user.wait_for_participant(
-        kind=rtc.ParticipantKind.PARTICIPANT_KIND_AGENT, not_identity=avatar, timeout=60
-    )
-    await user.wait_for_participant(identity=avatar)
+    agent = await user.wait_for_agent(timeout=60)
+    await user.wait_for_participant(identity=job_avatar_identity(avatar, agent.identity))
     # The greeting says what this is, in the transcript; then the agent listens.
     await user.wait_for_transcript(agent.identity, "offline voice", timeout=60)
     await user.wait_for_attribute(agent.identity, AGENT_STATE_ATTRIBUTE, "listening")
@@ -78,7 +82,7 @@ async def test_spoken_and_typed_questions_get_spoken_answers_through_the_avatar(
 ) -> None:
     local = {"AVATAR_PROVIDER": "local"}
     async with conversation(livekit_server, tmp_path, local, AVATAR) as (user, agent):
-        ear = await user.listen(AVATAR)
+        ear = await user.listen(job_avatar_identity(AVATAR, agent.identity))
 
         pcm, rate = spoken(WHO_ARE_YOU)
         said_at = await user.speak(pcm, rate)
@@ -113,7 +117,7 @@ async def test_speaking_over_a_reply_interrupts_it_at_the_avatar(
         async with talk as (user, agent):
             avatar = launcher.launched[-1].participant
             assert avatar is not None
-            ear = await user.listen(LEMONSLICE_AVATAR)
+            ear = await user.listen(job_avatar_identity(LEMONSLICE_AVATAR, agent.identity))
             greeting_segments = avatar.stats.segments_started
 
             # A question with a long answer (about 8 s) ...

@@ -22,7 +22,7 @@ from tests.support.avatar_launcher import LocalAvatarLauncher
 from tests.support.dispatch import dispatch_to_workers
 from tests.support.emulators import AnamEmulator, EmulatorServer, LemonSliceEmulator
 from tests.support.livekit_server import LiveKitServer, connect_participant, server_api
-from tests.support.room_user import AUDIBLE_RMS, RoomUser
+from tests.support.room_user import AUDIBLE_RMS, RoomUser, job_avatar_identity
 from tests.support.worker import LogRecord, WorkerProcess, running_worker, worker_environment
 from web.token import user_token
 
@@ -119,9 +119,9 @@ async def test_avatar_joins_shows_video_speaks_and_leaves_with_the_job(
             await dispatch_to_workers(lk, deployment.agent_name, room, [deployment.worker])
 
         # the agent, then its avatar: kind agent, speaking for the agent
-        agent = await user.wait_for_participant(
-            kind=rtc.ParticipantKind.PARTICIPANT_KIND_AGENT, not_identity=deployment.avatar_identity
-        )
+        agent = await user.wait_for_agent()
+        # the avatar's identity is the provider's, made unique to this job
+        deployment.avatar_identity = job_avatar_identity(deployment.avatar_identity, agent.identity)
         avatar = await user.wait_for_participant(identity=deployment.avatar_identity)
         assert avatar.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT
         assert avatar.attributes.get(PUBLISH_ON_BEHALF) == agent.identity
@@ -249,8 +249,10 @@ async def test_the_quick_start_token_dispatches_the_agent_on_join(
         await room.connect(livekit_server.ws_url, token)
         user = RoomUser(room)
         try:
-            await user.wait_for_participant(identity="local-avatar-agent", timeout=60)
-            frame = await user.first_video_frame("local-avatar-agent")
+            agent = await user.wait_for_agent(timeout=60)
+            avatar = job_avatar_identity("local-avatar-agent", agent.identity)
+            await user.wait_for_participant(identity=avatar, timeout=60)
+            frame = await user.first_video_frame(avatar)
             assert frame.width > 0
         finally:
             await user.leave()
@@ -275,13 +277,12 @@ async def test_a_failing_provider_leaves_the_agent_speaking_in_its_own_voice(
             try:
                 async with server_api(livekit_server) as lk:
                     await dispatch_to_workers(lk, agent_name, room, [worker])
-                agent = await user.wait_for_participant(
-                    kind=rtc.ParticipantKind.PARTICIPANT_KIND_AGENT
-                )
+                agent = await user.wait_for_agent()
                 loudest = await user.loudest_audio(agent.identity, threshold=AUDIBLE_RMS)
                 assert loudest >= AUDIBLE_RMS
                 assert [r.status for r in emulator.requests] == [401]
-                assert "lemonslice-avatar-agent" not in user.room.remote_participants
+                avatar = job_avatar_identity("lemonslice-avatar-agent", agent.identity)
+                assert avatar not in user.room.remote_participants
                 await worker.wait_for_log(
                     lambda r: "AuthenticationError" in str(r.get("error_type")), timeout=5
                 )

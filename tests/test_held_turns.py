@@ -15,7 +15,8 @@ from held_turns import HeldTurns
 from speech.pipeline import OFFLINE_GREETING, OfflineVoice
 from speech.responder import WHO_AM_I
 from speech.sphinx_stt import SphinxSTT
-from tests.speech.test_pipeline import Conversation, Loudspeaker, Microphone, spoken
+from tests.speech.test_pipeline import RATE, Conversation, Loudspeaker, Microphone
+from tests.support.spoken import spoken_at
 
 
 @pytest.fixture
@@ -58,7 +59,7 @@ async def test_a_sentence_said_during_the_greeting_is_answered_after_it(
     conversation: Conversation,
 ) -> None:
     greeting = await start_greeting(conversation)
-    conversation.microphone.say(await spoken("who are you"))
+    conversation.microphone.say(spoken_at("who are you", RATE))
 
     said = await conversation.next_message("assistant", timeout=60)
     assert said.text_content == OFFLINE_GREETING
@@ -94,7 +95,7 @@ async def test_typed_messages_during_the_greeting_are_answered_after_it_in_order
 
 async def test_a_typed_message_does_not_cut_an_answer_short(conversation: Conversation) -> None:
     text_input = TypedMessages()
-    conversation.microphone.say(await spoken("who are you"))
+    conversation.microphone.say(spoken_at("who are you", RATE))
     await conversation.next_message("user", timeout=60)
     loudspeaker = loudspeaker_of(conversation)
     loudspeaker.playing.clear()

@@ -39,7 +39,7 @@ from tests.support.emulators import (
 )
 from tests.support.emulators.anam import concurrent_session_limit
 from tests.support.livekit_server import LiveKitServer, server_api
-from tests.support.room_user import AGENT_STATE_ATTRIBUTE, Ears, RoomUser
+from tests.support.room_user import AGENT_STATE_ATTRIBUTE, Ears, RoomUser, job_avatar_identity
 from tests.support.worker import LogRecord, WorkerProcess, worker_environment
 
 pytestmark = pytest.mark.e2e
@@ -67,7 +67,7 @@ class Deployment:
     worker: WorkerProcess
     emulator: EmulatorServer
     launcher: LocalAvatarLauncher
-    identity: str
+    identity: str  # the provider's base: each job makes its avatar's unique (job_avatar_identity)
     create_route: str  # the route whose call starts a billed session
     env: dict[str, str] = field(default_factory=dict)  # the worker's provider settings
 
@@ -179,11 +179,11 @@ class Call:
         return started
 
     async def agent(self) -> rtc.RemoteParticipant:
-        return await self.user.wait_for_participant(
-            kind=rtc.ParticipantKind.PARTICIPANT_KIND_AGENT,
-            not_identity=self.deployment.identity,
-            timeout=30,
-        )
+        return await self.user.wait_for_agent(timeout=30)
+
+    async def avatar(self) -> str:
+        """The identity of this job's first avatar (the provider's, made unique to the job)."""
+        return job_avatar_identity(self.deployment.identity, (await self.agent()).identity)
 
     async def event(self, name: str, *, timeout: float = 30) -> LogRecord:
         room = self.room
@@ -296,8 +296,9 @@ def wall_to_monotonic(record: LogRecord) -> float:
 
 async def test_the_room_deleted_mid_call_ends_the_job_and_its_session_at_once(call: Call) -> None:
     await call.dispatch()
-    await call.user.wait_for_participant(identity=call.deployment.identity)
-    await call.ears.heard(call.deployment.identity, after=0)  # the greeting, from the avatar
+    avatar = await call.avatar()
+    await call.user.wait_for_participant(identity=avatar)
+    await call.ears.heard(avatar, after=0)  # the greeting, from the avatar
 
     deleted = time.monotonic()
     async with server_api(call.server) as lk:
@@ -316,9 +317,9 @@ async def test_the_room_deleted_mid_call_ends_the_job_and_its_session_at_once(ca
 async def test_an_avatar_removed_mid_call_the_agent_answers_in_its_own_voice_then_it_is_back(
     call: Call,
 ) -> None:
-    avatar = call.deployment.identity
     await call.dispatch()
     agent = (await call.agent()).identity
+    avatar = await call.avatar()
     await call.ears.heard(avatar, after=0)
     await call.wait_listening(agent)  # the greeting is over
     # the start-up trace: one record, every phase timed from the job's arrival
@@ -359,9 +360,9 @@ async def test_an_avatar_removed_mid_call_the_agent_answers_in_its_own_voice_the
 async def test_an_avatar_killed_mid_utterance_the_rest_is_heard_in_the_agents_voice(
     call: Call,
 ) -> None:
-    avatar = call.deployment.identity
     await call.dispatch()
     agent = (await call.agent()).identity
+    avatar = await call.avatar()
     heard_avatar = await call.ears.heard(avatar, after=0)
 
     killed = time.monotonic()
@@ -501,10 +502,10 @@ async def test_a_refused_start_gives_the_agent_its_own_voice_at_once(
 async def test_an_avatar_that_never_confirms_playback_does_not_stall_the_conversation(
     call: Call,
 ) -> None:
-    avatar = call.deployment.identity
     call.deployment.launcher.script(NoPlaybackConfirmation())
     await call.dispatch()
     agent = (await call.agent()).identity
+    avatar = await call.avatar()
     await call.ears.heard(avatar, after=0)
     await call.wait_listening(agent, timeout=60)  # without the bound, never
     greeting_heard_until = call.ears.last_audible(avatar) or 0.0
@@ -541,19 +542,16 @@ async def test_a_worker_told_to_stop_mid_call_lets_the_call_finish_then_ends_its
     try:
         async with server_api(livekit_server) as lk:
             await dispatch_to_workers(lk, agent_name, room, [worker])
-        agent = (
-            await user.wait_for_participant(
-                kind=rtc.ParticipantKind.PARTICIPANT_KIND_AGENT, not_identity=deployment.identity
-            )
-        ).identity
-        await ears.heard(deployment.identity, after=0)
+        agent = (await user.wait_for_agent()).identity
+        avatar = job_avatar_identity(deployment.identity, agent)
+        await ears.heard(avatar, after=0)
         await user.wait_for_attribute(agent, AGENT_STATE_ATTRIBUTE, "listening", timeout=60)
 
         stopping = asyncio.create_task(worker.stop(timeout=60))
         await worker.wait_for_log(lambda r: r.get("message") == "draining worker", timeout=10)
         asked = time.monotonic()
         await user.send_chat("still with me")
-        await ears.heard(deployment.identity, after=asked, timeout=10)  # the avatar answers
+        await ears.heard(avatar, after=asked, timeout=10)  # the avatar answers
 
         await ears.aclose()
         await user.leave()

@@ -22,9 +22,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.support.avatar_launcher import LocalAvatarLauncher
 from tests.support.dispatch import dispatch_to_workers
 from tests.support.emulators import LemonSliceEmulator, ProcessThenFail, StatusFault
-from tests.support.livekit_server import LiveKitServer, _free_port, server_api
+from tests.support.livekit_server import LiveKitServer, free_port, server_api
 from tests.support.otlp_receiver import OtlpReceiver, ReceivedSpan
-from tests.support.room_user import AGENT_STATE_ATTRIBUTE, RoomUser
+from tests.support.room_user import AGENT_STATE_ATTRIBUTE, RoomUser, job_avatar_identity
 from tests.support.worker import LogRecord, WorkerProcess, worker_environment
 
 pytestmark = pytest.mark.e2e
@@ -93,7 +93,7 @@ async def metered(
     await emulator.start()
     receiver = OtlpReceiver()
     await receiver.start()
-    port = _free_port(socket.SOCK_STREAM, set())
+    port = free_port(socket.SOCK_STREAM, set())
     cwd = tmp_path_factory.mktemp("worker-metrics")
     directory = cwd / "prometheus"
     agent_name = f"metrics-{uuid.uuid4().hex[:6]}"
@@ -139,9 +139,7 @@ class Job:
         )
 
     async def agent(self) -> rtc.RemoteParticipant:
-        return await self.user.wait_for_participant(
-            kind=rtc.ParticipantKind.PARTICIPANT_KIND_AGENT, not_identity=IDENTITY, timeout=30
-        )
+        return await self.user.wait_for_agent(timeout=30)
 
     async def end(self) -> None:
         """The user leaves; returns once the job reported every session ended."""
@@ -208,7 +206,9 @@ async def test_an_avatar_lost_mid_call_is_a_fallback_and_a_restart_and_nothing_s
 
     async with server_api(job.server) as lk:  # an admin, or the provider's idle timeout
         await lk.room.remove_participant(
-            api.RoomParticipantIdentity(room=job.room, identity=IDENTITY)
+            api.RoomParticipantIdentity(
+                room=job.room, identity=job_avatar_identity(IDENTITY, agent)
+            )
         )
     await job.event("left")
     await job.event("recovered", timeout=40)

@@ -15,7 +15,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import pytest
-from livekit import rtc
 
 from chat import CHAT_TOPIC, MAX_MESSAGE_CHARS
 from speech.espeak_tts import default_engine
@@ -24,7 +23,7 @@ from tests.support.avatar_launcher import LocalAvatarLauncher
 from tests.support.dispatch import dispatch_to_workers
 from tests.support.emulators import LemonSliceEmulator
 from tests.support.livekit_server import LiveKitServer, server_api
-from tests.support.room_user import AGENT_STATE_ATTRIBUTE, RoomUser, Transcript
+from tests.support.room_user import AGENT_STATE_ATTRIBUTE, RoomUser, Transcript, job_avatar_identity
 from tests.support.worker import WorkerProcess, worker_environment
 
 pytestmark = pytest.mark.e2e
@@ -37,7 +36,7 @@ GREETING_MARK = "offline voice"  # in the greeting's transcript (speech/pipeline
 class Deployment:
     agent_name: str
     worker: WorkerProcess
-    avatar: str  # the avatar participant's identity
+    avatar: str  # the provider's base avatar identity (each job makes it its own)
 
 
 @pytest.fixture(scope="module", params=["local", "lemonslice"])
@@ -99,12 +98,9 @@ async def call_during_greeting(
             await dispatch_to_workers(
                 lk, deployment.agent_name, user.room.name, [deployment.worker]
             )
-        agent = await user.wait_for_participant(
-            kind=rtc.ParticipantKind.PARTICIPANT_KIND_AGENT,
-            not_identity=deployment.avatar,
-            timeout=60,
-        )
-        await user.wait_for_participant(identity=deployment.avatar, timeout=60)
+        agent = await user.wait_for_agent(timeout=60)
+        avatar = job_avatar_identity(deployment.avatar, agent.identity)
+        await user.wait_for_participant(identity=avatar, timeout=60)
         await user.wait_for_attribute(agent.identity, AGENT_STATE_ATTRIBUTE, "speaking", timeout=60)
         yield Call(user, agent.identity)
     finally:

@@ -63,7 +63,7 @@ def _ephemeral_port_range() -> tuple[int, int]:
         return 32768, 60999
 
 
-def _free_port(kind: socket.SocketKind, taken: set[int]) -> int:
+def free_port(kind: socket.SocketKind, taken: set[int]) -> int:
     """A port nothing is bound to, preferably outside the ephemeral range.
 
     Ports from bind(0) come from the range outgoing connections use too, so one can be
@@ -87,8 +87,10 @@ def _free_port(kind: socket.SocketKind, taken: set[int]) -> int:
     raise LiveKitServerError("no free port found")
 
 
-def _config_yaml(*, http_port: int, tcp_port: int, udp_port: int, key: str, secret: str) -> str:
-    return "\n".join(
+def _config_yaml(
+    *, http_port: int, tcp_port: int, udp_port: int, key: str, secret: str, extra: str = ""
+) -> str:
+    return extra + "\n".join(
         [
             f"port: {http_port}",
             f'bind_addresses: ["{_LOOPBACK}"]',
@@ -119,12 +121,17 @@ class LiveKitServer:
         binary: Path,
         *,
         api_key: str = "devkey",
+        api_secret: str | None = None,
+        extra_config: str = "",
         startup_timeout: float = 30.0,
         stop_timeout: float = 10.0,
     ) -> None:
+        """`api_secret` is shared by the nodes of a cluster; `extra_config` is YAML put before the
+        config's own keys (a cluster's `redis:` and `webhook:` sections)."""
         self.binary = binary
         self.api_key = api_key
-        self.api_secret = secrets.token_urlsafe(32)
+        self.api_secret = api_secret or secrets.token_urlsafe(32)
+        self.extra_config = extra_config
         self.startup_timeout = startup_timeout
         self.stop_timeout = stop_timeout
         self.http_port = self.rtc_tcp_port = self.rtc_udp_port = 0
@@ -171,9 +178,9 @@ class LiveKitServer:
 
     def _launch(self) -> None:
         taken: set[int] = set()
-        self.http_port = _free_port(socket.SOCK_STREAM, taken)
-        self.rtc_tcp_port = _free_port(socket.SOCK_STREAM, taken)
-        self.rtc_udp_port = _free_port(socket.SOCK_DGRAM, taken)
+        self.http_port = free_port(socket.SOCK_STREAM, taken)
+        self.rtc_tcp_port = free_port(socket.SOCK_STREAM, taken)
+        self.rtc_udp_port = free_port(socket.SOCK_DGRAM, taken)
         self._workdir = Path(tempfile.mkdtemp(prefix="livekit-server-"))
         config_path = self._workdir / "config.yaml"
         config_path.touch(mode=0o600)
@@ -184,6 +191,7 @@ class LiveKitServer:
                 udp_port=self.rtc_udp_port,
                 key=self.api_key,
                 secret=self.api_secret,
+                extra=self.extra_config,
             )
         )
         env = {k: v for k, v in os.environ.items() if k not in _SERVER_CONFIG_ENV}

@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 from livekit import rtc
+from livekit.agents.voice.room_io import ATTRIBUTE_PUBLISH_ON_BEHALF as PUBLISH_ON_BEHALF
 
+from providers.supervisor import JobRoom
 from tests.support.livekit_server import LiveKitServer, connect_participant
 
 TRANSCRIPTION_TOPIC = "lk.transcription"
@@ -168,6 +170,13 @@ class Ear:
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
         await self._stream.aclose()
+
+
+def job_avatar_identity(base: str, agent_identity: str) -> str:
+    """The identity of the avatar the job of `agent_identity` (`agent-<job id>`) mints first
+    (restarts add `-1`, `-2`, ...): `base` made unique to the job."""
+    job = JobRoom("", None, agent_identity, agent_identity.removeprefix("agent-"))
+    return job.avatar_identity(base)
 
 
 class RoomUser:
@@ -334,6 +343,38 @@ class RoomUser:
                 if kind is not None and participant.kind != kind:
                     continue
                 return participant
+            return None
+
+        found = await self._until(find, timeout)
+        assert isinstance(found, rtc.RemoteParticipant)
+        return found
+
+    async def wait_for_agent(
+        self, *, not_identity: str | None = None, timeout: float = 30.0
+    ) -> rtc.RemoteParticipant:
+        """An agent participant that is not an avatar (an avatar publishes on an agent's behalf)."""
+
+        def find() -> rtc.RemoteParticipant | None:
+            for participant in self.room.remote_participants.values():
+                if (
+                    participant.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT
+                    and PUBLISH_ON_BEHALF not in participant.attributes
+                    and participant.identity != not_identity
+                ):
+                    return participant
+            return None
+
+        found = await self._until(find, timeout)
+        assert isinstance(found, rtc.RemoteParticipant)
+        return found
+
+    async def wait_for_avatar(self, *, timeout: float = 30.0) -> rtc.RemoteParticipant:
+        """A participant that speaks for an agent (an avatar), once one is in the room."""
+
+        def find() -> rtc.RemoteParticipant | None:
+            for participant in self.room.remote_participants.values():
+                if PUBLISH_ON_BEHALF in participant.attributes:
+                    return participant
             return None
 
         found = await self._until(find, timeout)

@@ -159,6 +159,14 @@ class WorkerProcess:
         assert self._process is not None
         self._process.send_signal(signal.SIGTERM)
 
+    async def kill(self) -> None:
+        """SIGKILL to the worker and every process of its group (its job processes): what an OOM
+        kill, a crashed container or a lost node does. Nothing of the worker runs any more code."""
+        assert self._process is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self._process.pid, signal.SIGKILL)
+        await self._process.wait()
+
     async def wait_for_exit(self, *, timeout: float) -> int:
         """The exit code, once the worker exits by itself (no signal sent)."""
         assert self._process is not None

@@ -363,15 +363,17 @@ async def test_the_page_follows_the_avatar_dropping_out_and_coming_back(
         async with running_worker(livekit_server, site.agent_name, tmp_path, provider):
             await page.goto(site.url)
             await page.click("#join")
+            # the provider's identity, made unique to the job
             await page.wait_for_function(
-                f"() => ({VIDEO_OWNER_JS})() === 'lemonslice-avatar-agent'",
+                f"() => ({VIDEO_OWNER_JS})()?.startsWith('lemonslice-avatar-agent-')",
                 polling=100,
                 timeout=JOIN_TIMEOUT_MS,
             )
+            avatar = await page.evaluate(f"() => ({VIDEO_OWNER_JS})()")
             room = await page.evaluate("() => window.avatarPage.room.name")
             async with server_api(livekit_server) as lk:  # the provider dropped it, or an admin
                 await lk.room.remove_participant(
-                    api.RoomParticipantIdentity(room=room, identity="lemonslice-avatar-agent")
+                    api.RoomParticipantIdentity(room=room, identity=avatar)
                 )
             await page.wait_for_function(
                 "() => document.getElementById('notice').dataset.kind === 'avatar-recovering'",
@@ -382,7 +384,7 @@ async def test_the_page_follows_the_avatar_dropping_out_and_coming_back(
             assert "dropped out" in text and "own voice" in text, text
 
             await page.wait_for_function(
-                f"() => ({VIDEO_OWNER_JS})() === 'lemonslice-avatar-agent-1'",
+                f"() => ({VIDEO_OWNER_JS})() === '{avatar}-1'",
                 polling=100,
                 timeout=30_000,
             )
