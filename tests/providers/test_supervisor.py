@@ -641,3 +641,4 @@ async def _say(supervisor: AvatarSupervisor, seconds: float) -> None:
             rtc.AudioFrame(samples.tobytes(), rate, 1, samples.size)
         )
     supervisor.router.flush()
+    await supervisor.router.wait_for_playout()  # as the session does: one utterance at a time
