@@ -52,6 +52,7 @@ COPY --chown=${APP_UID}:${APP_UID} agent.py chat.py config.py held_turns.py subs
 COPY --chown=${APP_UID}:${APP_UID} providers/ ./providers/
 COPY --chown=${APP_UID}:${APP_UID} speech/ ./speech/
 COPY --chown=${APP_UID}:${APP_UID} recovery/ ./recovery/
+COPY --chown=${APP_UID}:${APP_UID} observability/ ./observability/
 
 # Fetch plugin model files at build time so workers start without network downloads, and byte-compile
 # the application (the dependencies were compiled by uv) so no process compiles it at start.
