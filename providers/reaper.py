@@ -29,6 +29,7 @@ class SessionReaper:
         self._join_timeout = join_timeout
         self._sessions: list[ProviderAvatarSession] = []
         self._ending: dict[ProviderAvatarSession, asyncio.Task[None]] = {}
+        self._given_up: set[ProviderAvatarSession] = set()
         self._unended: list[str] = []
         self._ending_all = False
 
@@ -47,8 +48,11 @@ class SessionReaper:
         if self._ending_all:
             self.end_soon(session)
 
-    def end_soon(self, session: ProviderAvatarSession) -> None:
-        """Begin ending `session` (once, however often asked)."""
+    def end_soon(self, session: ProviderAvatarSession, *, given_up: bool = False) -> None:
+        """Begin ending `session` (once, however often asked). `given_up`: its start failed, so an
+        avatar of it that is in the room came late, whoever removes it (this or the guard)."""
+        if given_up:
+            self._given_up.add(session)
         if session not in self._ending:
             self._ending[session] = asyncio.create_task(
                 self._end(session), name="avatar-session-end"
@@ -86,4 +90,5 @@ class SessionReaper:
                 provider_session_id=session.session_id,
                 reason=f"{session.identity} removed as its session ended",
                 identity=session.identity,
+                cause="stray" if session in self._given_up else "ended",
             )

@@ -366,7 +366,7 @@ class AvatarSupervisor:
             timings={"after": round(self._timeline.now() - started_at, 3)},
         )
         if session is not None:
-            self._reaper.end_soon(session)
+            self._reaper.end_soon(session, given_up=True)
         self.guard.remove_strays()
 
     # -- watchdog ------------------------------------------------------------------------------
