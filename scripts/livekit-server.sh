@@ -16,7 +16,10 @@ BIN="$DIR/server"
 scratch=""
 build_pid=""
 remove_scratch() {
-    if [[ -n "$build_pid" ]]; then kill "$build_pid" 2>/dev/null || true; fi
+    # The build, also when a signal came between its start and `build_pid=$!` (jobs knows it then).
+    local pids
+    pids="$build_pid $(jobs -p)"
+    if [[ -n "${pids// /}" ]]; then kill $pids 2>/dev/null || true; fi
     if [[ -n "$scratch" ]]; then rm -rf "$scratch"; fi
 }
 trap remove_scratch EXIT
