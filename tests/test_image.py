@@ -26,7 +26,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from livekit import rtc
 
 from tests.support.dispatch import dispatch_to_workers
 from tests.support.image import (
@@ -39,14 +38,14 @@ from tests.support.image import (
 )
 from tests.support.livekit_server import LiveKitServer, server_api
 from tests.support.lock import normalize, runtime_distributions
-from tests.support.room_user import AUDIBLE_RMS, RoomUser
+from tests.support.room_user import AUDIBLE_RMS, RoomUser, job_avatar_identity
 from tests.support.worker import WorkerProcess, worker_settings
 
 pytestmark = pytest.mark.e2e
 
 IMAGE_TAG = "localhost/avatar-agent:image-test"
 WORKER_CMD = ["python", "agent.py", "start"]
-AVATAR_IDENTITY = "local-avatar-agent"
+AVATAR_IDENTITY = "local-avatar-agent"  # the base: each job makes it its own
 PUBLISH_ON_BEHALF = "lk.publish_on_behalf"
 
 CANARY = f"planted-secret-{secrets.token_hex(8)}"
@@ -235,14 +234,13 @@ async def test_the_image_serves_a_job_and_drains_on_sigterm(
         try:
             async with server_api(livekit_server) as lk:
                 await dispatch_to_workers(lk, agent_name, room, [worker])
-            agent = await user.wait_for_participant(
-                kind=rtc.ParticipantKind.PARTICIPANT_KIND_AGENT, not_identity=AVATAR_IDENTITY
-            )
-            avatar = await user.wait_for_participant(identity=AVATAR_IDENTITY)
+            agent = await user.wait_for_agent()
+            identity = job_avatar_identity(AVATAR_IDENTITY, agent.identity)
+            avatar = await user.wait_for_participant(identity=identity)
             assert avatar.attributes.get(PUBLISH_ON_BEHALF) == agent.identity
-            frame = await user.first_video_frame(AVATAR_IDENTITY)
+            frame = await user.first_video_frame(identity)
             assert (frame.width, frame.height) == (640, 480)
-            loudest = await user.loudest_audio(AVATAR_IDENTITY, threshold=AUDIBLE_RMS)
+            loudest = await user.loudest_audio(identity, threshold=AUDIBLE_RMS)
             assert loudest >= AUDIBLE_RMS
 
             # What an orchestrator does to replace the container: the worker drains, the job goes on
