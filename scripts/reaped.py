@@ -101,9 +101,11 @@ def main(argv: list[str]) -> int:
         print("usage: reaped.py COMMAND [ARGS...]", file=sys.stderr)
         return 64
     become_subreaper()
-    # Ctrl-C reaches the whole foreground process group: the command handles it; this waits for it.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The command starts with SIGINT as it is (a command given SIGINT ignored could not trap it:
+    # bash cannot). Then Ctrl-C, which reaches the whole foreground process group, is the command's
+    # to handle; this only waits for it.
     command = subprocess.Popen(argv)  # noqa: S603 - the caller's own command
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     status = wait_reaping(command.pid)
     command.returncode = status  # already collected here
     if status >= 0:
