@@ -11,10 +11,11 @@ import os
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import NoReturn
 
 import pytest
 from playwright.async_api import Browser, async_playwright
+
+from tests.support.livekit_server import unavailable
 
 CHROMIUM_ENV = "CHROMIUM_BIN"
 INSTALL_HINT = "scripts/ensure-chromium.sh installs it (Debian: apt-get install chromium)"
@@ -42,13 +43,6 @@ def chromium_path() -> Path | None:
         return Path(override)
     found = shutil.which("chromium")
     return Path(found) if found else None
-
-
-def unavailable(reason: str) -> NoReturn:
-    """A tool the browser test needs is missing: a failure in CI, a skip (with the reason) locally."""
-    if os.environ.get("CI"):
-        pytest.fail(reason)
-    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")

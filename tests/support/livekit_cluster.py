@@ -30,6 +30,7 @@ from tests.support.livekit_server import (
     LiveKitServerError,
     free_port,
     server_binary_path,
+    unavailable,
 )
 
 REDIS_BIN_ENV = "REDIS_SERVER_BIN"
@@ -190,23 +191,17 @@ class LiveKitCluster:
         self.stop()
 
 
-def _missing(reason: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(reason)
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="module")
 def livekit_cluster() -> Iterator[LiveKitCluster]:
     """Two nodes and their Redis, for one test module (each module starts its own)."""
     server = server_binary_path()
     if not os.access(server, os.X_OK):
-        _missing(
+        unavailable(
             f"livekit-server binary not found at {server}; run scripts/livekit-server.sh install"
         )
     redis = redis_binary_path()
     if redis is None or not os.access(redis, os.X_OK):
-        _missing(
+        unavailable(
             "redis-server not found; run scripts/ensure-redis.sh (installs Debian's redis-server)"
         )
     assert redis is not None

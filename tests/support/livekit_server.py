@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import Literal
+from typing import Literal, NoReturn
 
 import pytest
 from livekit import api, rtc
@@ -277,6 +277,13 @@ class LiveKitServer:
         self.stop()
 
 
+def unavailable(reason: str) -> NoReturn:
+    """A tool a test needs is missing: a failure in CI, a skip (with the reason) locally."""
+    if os.environ.get("CI"):
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="session")
 def livekit_server() -> Iterator[LiveKitServer]:
     binary = server_binary_path()
@@ -284,9 +291,7 @@ def livekit_server() -> Iterator[LiveKitServer]:
         reason = (
             f"livekit-server binary not found at {binary}; run scripts/livekit-server.sh install"
         )
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
+        unavailable(reason)
     with LiveKitServer(binary) as server:
         yield server
 

@@ -26,9 +26,8 @@ from playwright.async_api import Browser, Locator, Page
 
 from speech.pipeline import OFFLINE_GREETING
 from tests.support.avatar_launcher import LocalAvatarLauncher
-from tests.support.browser import unavailable
 from tests.support.emulators import LemonSliceEmulator, StatusFault
-from tests.support.livekit_server import LiveKitServer, server_api
+from tests.support.livekit_server import LiveKitServer, server_api, unavailable
 from tests.support.worker import running_worker
 from web.server import SdkNotInstalledError, WebSettings, sdk_bundle, serve
 

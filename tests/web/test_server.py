@@ -14,7 +14,7 @@ import pytest
 from livekit import api
 from livekit.api.access_token import Claims
 
-from tests.support.browser import unavailable
+from tests.support.livekit_server import unavailable
 from web.server import (
     BIND_HOST,
     TOKEN_TTL,
