@@ -167,7 +167,8 @@ async def test_two_messages_typed_in_a_row_are_both_answered_in_order(
         first = await call.user.wait_for_transcript(call.agent, "green turtles", timeout=5)
         assert first.text.strip() == "You said: green turtles"
         assert second.text.strip() == "You said: orange bicycles"
-        assert first.received_at < second.received_at
+        said = [(t.text, t.final, t.started_at, t.received_at) for t in call.said_by_agent()]
+        assert first.started_at < second.started_at, said  # the first answer began first
 
 
 async def test_an_over_long_message_gets_an_answer_that_states_the_limit(

@@ -30,6 +30,9 @@ class Transcript:
     text: str
     final: bool
     received_at: float = field(default_factory=time.monotonic, compare=False)
+    # When its stream opened: when the speaker began saying it. The stream ends with the segment's
+    # playout, so a slow playout confirmation can end an earlier segment after a later one begins.
+    started_at: float = field(default_factory=time.monotonic, compare=False)
 
 
 # The RMS (int16 units) above which a track is speaking: eSpeak's speech is in the thousands, silence 0.
@@ -234,10 +237,12 @@ class RoomUser:
         return Ears(self, threshold)
 
     def _on_transcription(self, reader: rtc.TextStreamReader, speaker: str) -> None:
+        opened = time.monotonic()
+
         async def read() -> None:
             text = await reader.read_all()
             final = (reader.info.attributes or {}).get("lk.transcription_final") == "true"
-            self.transcripts.append(Transcript(speaker, text, final))
+            self.transcripts.append(Transcript(speaker, text, final, started_at=opened))
             self._changed.set()
 
         task = asyncio.create_task(read())
