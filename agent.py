@@ -24,7 +24,7 @@ from typing import Any
 
 from livekit.agents import AgentServer, AutoSubscribe, JobContext, JobProcess, cli, room_io, utils
 
-from chat import CHAT_TOPIC, TypedMessages, announce_message_limit
+from chat import TypedMessages, announce_message_limit
 from config import ConfigError, Settings, get_settings
 from held_turns import HeldTurns
 from observability.avatar_metrics import AvatarMetricsRecorder
@@ -64,7 +64,8 @@ async def run_job(ctx: JobContext, settings: Settings, voice: VoicePipeline) -> 
     typed = TypedMessages(held_turns)
     ctx.add_shutdown_callback(held_turns.aclose)
     ctx.add_shutdown_callback(typed.aclose)
-    room_options = room_io.RoomOptions(text_input=room_io.TextInputOptions(text_input_cb=typed))
+    # Typed messages are ours (chat.py), in the order sent; the framework's handler can reorder them.
+    room_options = room_io.RoomOptions(text_input=False)
     # The agent hears the people in the room; the avatar's media is for them, not for the agent.
     # One connect for the job and the avatar; the entrypoint cancelled during it (the job shut
     # down) stops waiting for it, never cancels it half-way (providers/room_connect.py).
@@ -108,11 +109,11 @@ async def run_job(ctx: JobContext, settings: Settings, voice: VoicePipeline) -> 
         timeline.mark("connected")
         await announce_message_limit(ctx.room)
 
-    ctx.room.register_byte_stream_handler(CHAT_TOPIC, typed.file_sent(session))
     await asyncio.gather(
         connect(),
         session.start(agent=voice.create_agent(), room=ctx.room, room_options=room_options),
     )
+    typed.listen(session, ctx.room)
     timeline.mark("session_started")
     if avatar is None:
         timeline.avatar_settled()

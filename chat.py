@@ -13,11 +13,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Coroutine
 from typing import Any
 
 from livekit import rtc
-from livekit.agents import AgentSession, room_io
+from livekit.agents import AgentSession
 
 from held_turns import HeldTurns
 
@@ -72,37 +72,68 @@ async def announce_message_limit(room: rtc.Room) -> None:
 
 
 class TypedMessages:
-    """The session's text input (`text_input_cb`), one message at a time in arrival order."""
+    """The lk.chat handlers: one message at a time, in the order the messages were sent.
+
+    livekit-agents' own chat handler reads each message in a task of its own and hands it on when
+    the reading is done, so two messages sent in a row can reach the agent in either order. Here
+    each message takes its place in line when its stream opens, before it is read.
+    """
 
     def __init__(self, held_turns: HeldTurns | None = None) -> None:
         self._held_turns = held_turns
         self._one_at_a_time = asyncio.Lock()  # FIFO: waiters get it in the order they came
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def __call__(self, session: AgentSession[Any], event: room_io.TextInputEvent) -> None:
-        problem = problem_with(event.text)
-        if problem is not None:
-            logger.info("typed message not answered: %s", problem.split(".")[0])
-        await self._answer(session, event.text, problem)
+    def listen(self, session: AgentSession[Any], room: rtc.Room) -> None:
+        """Take lk.chat in the room: text from the user the session talks to, and files."""
 
-    def file_sent(self, session: AgentSession[Any]) -> Callable[[rtc.ByteStreamReader, str], None]:
-        """A byte stream handler for lk.chat: a file sent as a message is told it is not read."""
+        def on_text(reader: rtc.TextStreamReader, participant_identity: str) -> None:
+            if not self._from_the_user(session, participant_identity):
+                return
+            self._in_line(self._answer(session, reader), "chat.text")
 
         def on_file(reader: rtc.ByteStreamReader, participant_identity: str) -> None:
             logger.info("a file sent on %s is not read (%s)", CHAT_TOPIC, reader.info.mime_type)
-            task = asyncio.create_task(self._answer(session, "", NOT_TEXT), name="chat.not_text")
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._in_line(self._answer(session, "", NOT_TEXT), "chat.not_text")
 
-        return on_file
+        room.register_text_stream_handler(CHAT_TOPIC, on_text)
+        room.register_byte_stream_handler(CHAT_TOPIC, on_file)
 
-    async def _answer(self, session: AgentSession[Any], text: str, problem: str | None) -> None:
+    async def answer(self, session: AgentSession[Any], text: str) -> None:
+        """Answer `text` once what the agent is saying, and every earlier message, is answered."""
+        await self._answer(session, text)
+
+    @staticmethod
+    def _from_the_user(session: AgentSession[Any], participant_identity: str) -> bool:
+        linked = session.room_io.linked_participant  # as livekit-agents' own handler decides
+        return linked is None or linked.identity == participant_identity
+
+    def _in_line(self, answer: Coroutine[Any, Any, None], name: str) -> None:
+        # A task starts running in the order it was made, and its first step is to queue for
+        # the lock: the line's order is the order the streams opened.
+        task = asyncio.create_task(answer, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _answer(
+        self,
+        session: AgentSession[Any],
+        text: str | rtc.TextStreamReader,
+        problem: str | None = None,
+    ) -> None:
         async with self._one_at_a_time:
+            try:  # the stream's chunks wait in its reader meanwhile
+                message = text if isinstance(text, str) else await text.read_all()
+            except Exception as error:  # a stream cut off before its end: nothing to answer
+                logger.warning("a typed message could not be read: %r", error)
+                return
+            if problem is None and (problem := problem_with(message)) is not None:
+                logger.info("typed message not answered: %s", problem.split(".")[0])
             await self._until_the_agent_has_finished(session)
             speech = (
                 session.say(problem)
                 if problem is not None
-                else session.generate_reply(user_input=text)
+                else session.generate_reply(user_input=message)
             )
             await speech  # the next message waits for this answer (awaiting never raises)
 

@@ -8,7 +8,6 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
-from livekit.agents import room_io
 
 from chat import TypedMessages
 from held_turns import HeldTurns
@@ -44,10 +43,6 @@ def loudspeaker_of(conversation: Conversation) -> Loudspeaker:
     return output
 
 
-def typed(text: str) -> room_io.TextInputEvent:
-    return room_io.TextInputEvent(text=text)
-
-
 async def start_greeting(conversation: Conversation) -> asyncio.Task[None]:
     """The greeting, said (not awaited) as the job says it; returns once it is being heard."""
     greeting = asyncio.create_task(OfflineVoice().greet(conversation.session))
@@ -78,8 +73,8 @@ async def test_typed_messages_during_the_greeting_are_answered_after_it_in_order
     text_input = TypedMessages()
     greeting = await start_greeting(conversation)
     session = conversation.session
-    first = asyncio.create_task(text_input(session, typed("green turtles")))
-    second = asyncio.create_task(text_input(session, typed("orange bicycles")))
+    first = asyncio.create_task(text_input.answer(session, "green turtles"))
+    second = asyncio.create_task(text_input.answer(session, "orange bicycles"))
 
     said = [(await conversation.next_message("assistant", timeout=60)) for _ in range(3)]
     assert [m.text_content for m in said] == [
@@ -101,7 +96,7 @@ async def test_a_typed_message_does_not_cut_an_answer_short(conversation: Conver
     loudspeaker.playing.clear()
     await asyncio.wait_for(loudspeaker.playing.wait(), 30)  # the answer is being said
 
-    await text_input(conversation.session, typed("purple elephants"))
+    await text_input.answer(conversation.session, "purple elephants")
 
     answer = await conversation.next_message("assistant", timeout=60)
     reply = await conversation.next_message("assistant", timeout=60)
@@ -121,7 +116,7 @@ async def test_a_typed_message_does_not_cut_an_answer_short(conversation: Conver
 async def test_a_message_it_cannot_take_is_answered_with_why(
     conversation: Conversation, text: str, answer: str
 ) -> None:
-    await TypedMessages()(conversation.session, typed(text))
+    await TypedMessages().answer(conversation.session, text)
 
     said = await conversation.next_message("assistant", timeout=60)
     assert said.text_content is not None and said.text_content.startswith(answer)
