@@ -54,6 +54,7 @@ def avatar_options(settings: Settings, default_identity: str) -> AvatarOptions:
         start_timeout=settings.avatar_start_timeout,
         join_timeout=settings.avatar_join_timeout,
         max_restarts=settings.avatar_max_restarts,
+        speak_before_video=settings.avatar_speak_before_video,
     )
 
 
