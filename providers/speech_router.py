@@ -406,7 +406,11 @@ class SpeechRouter(AudioOutput):
         old = self._sink
         self._sink = sink
         for utterance in self._pending():
-            if utterance.sink is old and old is not None and utterance.sent == utterance.first_index:
+            if (
+                utterance.sink is old
+                and old is not None
+                and utterance.sent == utterance.first_index
+            ):
                 if utterance.task is not None:
                     utterance.task.cancel()  # it waits for the own voice: nothing of it was heard
                 self._play(utterance, sink, first_index=utterance.first_index)
@@ -640,6 +644,15 @@ class SpeechRouter(AudioOutput):
             return
         avatar, self._next_avatar = self._next_avatar, None
         self._sink = avatar
+        logger.info(
+            "the avatar takes over from the agent's own voice at %.2fs of the utterance",
+            utterance.offset_of(utterance.sent),
+            extra={
+                "sink": avatar.name,
+                "handover_at": round(utterance.offset_of(utterance.sent), 3),
+                "resumed_at": round(utterance.offset_of(resume), 3),
+            },
+        )
         self._play(utterance, avatar, first_index=resume)
         for waiting in self._pending():
             if waiting is not utterance and waiting.sink is own:
