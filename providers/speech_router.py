@@ -225,6 +225,13 @@ class _Utterance:
             self.levels.append(_loudness(piece))
         self.more.set()
 
+    def pause_length(self, index: int) -> float:
+        """How long the silence that starts at frame `index` lasts (in what is captured so far)."""
+        end = index
+        while end < len(self.frames) and self.levels[end] < _SILENT_LEVEL:
+            end += 1
+        return self.offset_of(end) - self.offset_of(index)
+
     def pause_from(self, index: int, *, at_least: float) -> int | None:
         """If a pause of `at_least` seconds starts at frame `index` and speech follows it (or may
         yet), the frame a new sink should start from: `_HANDOVER_LEAD` before the pause's end."""
@@ -651,6 +658,8 @@ class SpeechRouter(AudioOutput):
                 "sink": avatar.name,
                 "handover_at": round(utterance.offset_of(utterance.sent), 3),
                 "resumed_at": round(utterance.offset_of(resume), 3),
+                # the silence the speech itself has there (what a handover gap is measured against)
+                "natural_pause": round(utterance.pause_length(utterance.sent), 3),
             },
         )
         self._play(utterance, avatar, first_index=resume)
