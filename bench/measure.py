@@ -57,9 +57,10 @@ class Measurement:
     avatar_joined: float | None = None
     # Dispatch -> the first voiced audio from the agent's own track or the avatar, whichever first.
     first_voice: float | None = None
-    # The agent's own voice's last voiced audio before the avatar's first, as the user heard them
+    # The agent's own voice's last voiced audio, and the avatar's first, heard by one listener
     # (seconds; None when the own voice did not speak before the avatar).
     own_voice_last: float | None = None
+    avatar_voice_first: float | None = None
     # The silence the speech itself has at the handover (the worker's log): what the user should hear.
     natural_pause: float | None = None
     error: str | None = None
@@ -68,16 +69,18 @@ class Measurement:
     def handover_gap(self) -> float | None:
         """Silence heard at the switch beyond the speech's own pause (seconds; < 0: a shorter pause
         than the speech has, never an overlap), or None when there was no switch."""
-        if self.own_voice_last is None or self.first_word is None or self.natural_pause is None:
+        if self.own_voice_last is None or self.avatar_voice_first is None:
             return None
-        return self.first_word - self.own_voice_last - self.natural_pause
+        if self.natural_pause is None:
+            return None
+        return self.avatar_voice_first - self.own_voice_last - self.natural_pause
 
     @property
     def handover_overlap(self) -> float | None:
         """How long the own voice was still heard after the avatar's first voiced audio (seconds)."""
-        if self.own_voice_last is None or self.first_word is None:
+        if self.own_voice_last is None or self.avatar_voice_first is None:
             return None
-        return max(0.0, self.own_voice_last - self.first_word)
+        return max(0.0, self.own_voice_last - self.avatar_voice_first)
 
 
 @contextlib.asynccontextmanager
@@ -156,6 +159,8 @@ class UserClock:
             await self._user.wait_without_track(agents[0], rtc.TrackKind.KIND_AUDIO, timeout=10)
         own = [t for identity in agents for t in self._ears.audible[identity]]
         measurement.own_voice_last = max(own) - self.started
+        avatar = self._ears.audible.get(self._identity)
+        measurement.avatar_voice_first = (avatar[0] if avatar else avatar_word) - self.started
 
     async def aclose(self) -> None:
         tasks = [t for t in (self._resolved, self._frame, self._word) if t is not None]

@@ -305,6 +305,7 @@ class SpeechRouter(AudioOutput):
         on_unconfirmed: Callable[[SinkKind, float], None] | None = None,
         on_first_audio: Callable[[SinkKind], None] | None = None,
         handover_pause: float | None = None,
+        unpublish_wait: float = 0.5,
     ) -> None:
         super().__init__(
             label="AvatarSpeechRouter",
@@ -321,6 +322,7 @@ class SpeechRouter(AudioOutput):
         self._on_unconfirmed = on_unconfirmed
         self._on_first_audio = on_first_audio
         self._handover_pause = handover_pause
+        self._unpublish_wait = unpublish_wait  # at a handover, for the own track to go
         self._sink: _Sink | None = None  # None: hold speech until a sink is chosen
         self._next_avatar: _Sink | None = None  # takes over at the next utterance
         self._own_voice: OwnVoiceOutput | None = None
@@ -428,12 +430,14 @@ class SpeechRouter(AudioOutput):
             if old.kind == "own_voice":
                 self._release_own_voice()
 
-    def _release_own_voice(self) -> None:
+    def _release_own_voice(self) -> asyncio.Task[None] | None:
         own, self._own_voice = self._own_voice, None
-        if own is not None:
-            task = asyncio.create_task(own.aclose(), name="own-voice-close")
-            self._closing_own_voice.add(task)
-            task.add_done_callback(self._closing_own_voice.discard)
+        if own is None:
+            return None
+        task = asyncio.create_task(own.aclose(), name="own-voice-close")
+        self._closing_own_voice.add(task)
+        task.add_done_callback(self._closing_own_voice.discard)
+        return task
 
     def _move(self, utterance: _Utterance, now: float) -> None:
         """Re-route an utterance from a sink that is gone to the current one."""
@@ -645,9 +649,17 @@ class SpeechRouter(AudioOutput):
                 )
             except TimeoutError:
                 own.give_up(confirmation)
+        if self._next_avatar is not None and self._sink is own:
+            # A frontend plays the agent's own track rather than its avatar's while it is up (as
+            # LiveKit's components do): it is taken down before the avatar says a word.
+            closing = self._release_own_voice()
+            if closing is not None:
+                await asyncio.wait({closing}, timeout=self._unpublish_wait)
+        if self._closed:
+            return
         if self._next_avatar is None or self._sink is not own:
-            # The avatar went away meanwhile: the own voice goes on where it stopped.
-            self._play(utterance, own, first_index=utterance.sent)
+            # The avatar went away meanwhile: the agent's own voice goes on where it stopped.
+            self._own_voice_again(utterance, own)
             return
         avatar, self._next_avatar = self._next_avatar, None
         self._sink = avatar
@@ -663,13 +675,31 @@ class SpeechRouter(AudioOutput):
             },
         )
         self._play(utterance, avatar, first_index=resume)
-        for waiting in self._pending():
-            if waiting is not utterance and waiting.sink is own:
-                if waiting.task is not None:
-                    waiting.task.cancel()  # it waited for this one: nothing of it was played
-                self._play(waiting, avatar, first_index=waiting.first_index)
+        self._move_waiting(utterance, own, avatar)
         own.detach()
-        self._release_own_voice()
+
+    def _move_waiting(self, playing: _Utterance, old: _Sink, new: _Sink) -> None:
+        """Utterances queued on `old` behind `playing` (none of them begun) go to `new`."""
+        for waiting in self._pending():
+            if waiting is not playing and waiting.sink is old:
+                if waiting.task is not None:
+                    waiting.task.cancel()
+                self._play(waiting, new, first_index=waiting.first_index)
+
+    def _own_voice_again(self, utterance: _Utterance, own: _Sink) -> None:
+        """A handover that did not happen: the utterance goes on in the agent's own voice from
+        where it stopped, on a new track if the old one was already being taken down."""
+        if self._sink is own and self._own_voice is not None:
+            self._play(utterance, own, first_index=utterance.sent)
+            return
+        if self._own_voice is None:
+            self._own_voice = self._new_own_voice()
+        sink = self._new_sink(self._own_voice.output, "own_voice", "agent")
+        if self._sink is own:
+            self._sink = sink
+        own.detach()
+        self._play(utterance, sink, first_index=utterance.sent)
+        self._move_waiting(utterance, own, sink)
 
     async def _capture(self, sink: _Sink, frame: rtc.AudioFrame) -> None:
         try:
