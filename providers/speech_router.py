@@ -305,7 +305,7 @@ class SpeechRouter(AudioOutput):
         on_unconfirmed: Callable[[SinkKind, float], None] | None = None,
         on_first_audio: Callable[[SinkKind], None] | None = None,
         handover_pause: float | None = None,
-        unpublish_wait: float = 0.5,
+        unpublish_wait: float = 0.25,
     ) -> None:
         super().__init__(
             label="AvatarSpeechRouter",

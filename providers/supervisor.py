@@ -117,8 +117,10 @@ class AvatarSupervisor:
         connect: Callable[[], Awaitable[None]],
         rng: random.Random | None = None,
         on_avatar: AvatarStarted | None = None,
+        provider_call_sent: asyncio.Event | None = None,
     ) -> None:
         self._room = room
+        self._provider_call_sent = provider_call_sent
         self._on_avatar = on_avatar  # told of every avatar we mint a token for, then of its session
         self._job = job
         self._provider = provider
@@ -207,6 +209,19 @@ class AvatarSupervisor:
             # The first word at once: the agent's own voice carries speech until the avatar's
             # video is up (its track is published as soon as the room is connected).
             self.router.to_own_voice()
+
+    async def until_provider_called(self, limit: float) -> None:
+        """Until the start's first provider call is on the wire, the start is over, or `limit`
+        seconds: the job's own start (the session's set-up holds the event loop for tens of
+        milliseconds) then cannot delay the call that the avatar's boot waits on."""
+        sent, run = self._provider_call_sent, self._run_task
+        if sent is None or run is None or sent.is_set():
+            return
+        waiting = asyncio.ensure_future(sent.wait())
+        try:
+            await asyncio.wait({waiting, run}, timeout=limit, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiting.cancel()
 
     def begin_end(self) -> None:
         """Start ending every provider session now (the room or the session is going away)."""

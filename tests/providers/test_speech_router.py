@@ -545,3 +545,27 @@ async def test_an_interruption_while_the_own_voice_plays_out_before_a_handover_e
     await harness.say(SECOND)
     await harness.until(lambda: avatar.flushes == 1)
     assert levels_of(avatar.segments[0]) == SECOND
+
+
+async def test_an_avatar_lost_while_the_own_voice_plays_out_leaves_the_rest_to_the_own_voice() -> (
+    None
+):
+    harness = Harness(handover_pause=HANDOVER_PAUSE)
+    router = harness.router
+    router.to_own_voice()
+    await harness.say(FIRST + PAUSE + SECOND)
+    own = harness.own_voices[0].output
+    await harness.until(lambda: len(own.segments) == 1 and len(own.segments[0]) >= 3)
+    avatar = harness.sink()
+    router.to_avatar(avatar, "avatar-1")
+    await harness.until(lambda: own.flushes == 1)
+    router.to_own_voice()  # the avatar left before it said a word
+    own.finish(0.5)
+    await harness.until(lambda: own.flushes == 2)
+    assert levels_of(own.segments[1]) == PAUSE + SECOND  # on from where it stopped, nothing lost
+    assert avatar.segments == []
+    assert not harness.own_voices[0].closed
+    own.finish(0.8)
+    event = await asyncio.wait_for(router.wait_for_playout(), HANG)
+    assert event.playback_position == pytest.approx(0.5 + 0.8)
+    assert event.interrupted is False
