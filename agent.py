@@ -47,6 +47,9 @@ COMMANDS_NEEDING_CONFIG = frozenset({"dev", "start", "connect"})
 # What one job process keeps between prewarm, the job and its end (`JobProcess.userdata`).
 PREWARMED_PROVIDER = "prewarmed_provider_host"
 JOB_AVATAR = "job_avatar"
+# The avatar's provider call goes out before the session's set-up takes the event loop, for at most
+# this long (a new TLS connection to the provider; the call itself is not waited for).
+PROVIDER_CALL_HEAD_START = 0.15
 
 
 async def run_job(ctx: JobContext, settings: Settings, voice: VoicePipeline) -> None:
@@ -99,6 +102,7 @@ async def run_job(ctx: JobContext, settings: Settings, voice: VoicePipeline) -> 
         ctx.proc.userdata[JOB_AVATAR] = avatar  # ended by end_of_session, before the room is left
         ctx.add_shutdown_callback(avatar.aclose)
         avatar.start()
+        await avatar.until_provider_called(PROVIDER_CALL_HEAD_START)
     ctx.add_shutdown_callback(flush_traces)
 
     # When the conversation is over (the user left, the room went away), the job is over.

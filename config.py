@@ -121,6 +121,9 @@ class Settings(BaseModel):
     avatar_max_retries: int = Field(default=3, ge=0, le=10)
     # New provider sessions started after the avatar leaves mid-call (0: never; the agent keeps its voice).
     avatar_max_restarts: int = Field(default=2, ge=0, le=10)
+    # The greeting starts at once in the agent's own voice; the avatar takes over at a sentence's
+    # end when its video is up (docs/first-word.md). False: speech waits for the avatar's video.
+    avatar_speak_before_video: bool = True
     agent_name: str = Field(default="avatar-agent", min_length=1, max_length=128)
     # The worker's health/HTTP port in `start` mode (0 = any free port).
     agent_http_port: int = Field(default=8081, ge=0, le=65535)

@@ -55,7 +55,32 @@ class Measurement:
     provider_call: float | None = None
     # Dispatch -> the avatar participant joined the room, as the user saw it.
     avatar_joined: float | None = None
+    # Dispatch -> the first voiced audio from the agent's own track or the avatar, whichever first.
+    first_voice: float | None = None
+    # The agent's own voice's last voiced audio, and the avatar's first, heard by one listener
+    # (seconds; None when the own voice did not speak before the avatar).
+    own_voice_last: float | None = None
+    avatar_voice_first: float | None = None
+    # The silence the speech itself has at the handover (the worker's log): what the user should hear.
+    natural_pause: float | None = None
     error: str | None = None
+
+    @property
+    def handover_gap(self) -> float | None:
+        """Silence heard at the switch beyond the speech's own pause (seconds; < 0: a shorter pause
+        than the speech has, never an overlap), or None when there was no switch."""
+        if self.own_voice_last is None or self.avatar_voice_first is None:
+            return None
+        if self.natural_pause is None:
+            return None
+        return self.avatar_voice_first - self.own_voice_last - self.natural_pause
+
+    @property
+    def handover_overlap(self) -> float | None:
+        """How long the own voice was still heard after the avatar's first voiced audio (seconds)."""
+        if self.own_voice_last is None or self.avatar_voice_first is None:
+            return None
+        return max(0.0, self.own_voice_last - self.avatar_voice_first)
 
 
 @contextlib.asynccontextmanager
@@ -89,6 +114,8 @@ class UserClock:
         self._word: asyncio.Task[float] | None = None
         if want_word:
             self._word = asyncio.create_task(self._first_word())
+        # Every voice in the room, the agent's own track included (ours speaks before its avatar).
+        self._ears = user.hear_everyone(VOICED_RMS)
         self.started = time.monotonic()
 
     async def _resolve(self, of_job: bool) -> str:
@@ -112,17 +139,35 @@ class UserClock:
             joined = self._user.joined_at.get(self._identity)
             measurement.avatar_joined = joined - self.started if joined is not None else None
             if self._word is not None:
-                measurement.first_word = await self._word - self.started
+                word = await self._word
+                measurement.first_word = word - self.started
+                await self._hear_voices(measurement, word)
         except (TimeoutError, AssertionError) as error:
             measurement.error = describe_error(error)
         finally:
             await self.aclose()
+
+    async def _hear_voices(self, measurement: Measurement, avatar_word: float) -> None:
+        firsts = [heard[0] for heard in self._ears.audible.values() if heard]
+        measurement.first_voice = min([avatar_word, *firsts]) - self.started
+        agents = [identity for identity in self._ears.audible if identity != self._identity]
+        if not agents:
+            return  # the avatar spoke first: no handover
+        # Everything the own track sent has arrived once it is unpublished; what was heard from it
+        # after the avatar's first voiced audio is overlap.
+        with contextlib.suppress(TimeoutError):
+            await self._user.wait_without_track(agents[0], rtc.TrackKind.KIND_AUDIO, timeout=10)
+        own = [t for identity in agents for t in self._ears.audible[identity]]
+        measurement.own_voice_last = max(own) - self.started
+        avatar = self._ears.audible.get(self._identity)
+        measurement.avatar_voice_first = (avatar[0] if avatar else avatar_word) - self.started
 
     async def aclose(self) -> None:
         tasks = [t for t in (self._resolved, self._frame, self._word) if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self._ears.aclose()
 
 
 async def measure_dispatch(
@@ -159,7 +204,15 @@ async def measure_dispatch(
     if received is not None:
         measurement.job_received = received - dispatched_at
     await wait_job_ended(worker, measurement.room)
+    measurement.natural_pause = _natural_pause(worker, measurement.room)
     return measurement
+
+
+def _natural_pause(worker: WorkerProcess, room: str) -> float | None:
+    for record in worker.records:
+        if record.get("room") == room and isinstance(pause := record.get("natural_pause"), float):
+            return pause
+    return None
 
 
 # -- the lower bound: the provider's API chain and the avatar's boot, no pipeline ---------------

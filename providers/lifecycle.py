@@ -26,6 +26,7 @@ STARTUP_PHASES = (
     "provider_call_sent",
     "provider_answered",
     "avatar_joined",
+    "first_voice",  # the first audio of the agent's speech to a sink: its own voice or the avatar
     "first_audio_to_avatar",
     "session_started",
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Awaitable, Callable
 
@@ -54,6 +55,7 @@ def avatar_options(settings: Settings, default_identity: str) -> AvatarOptions:
         start_timeout=settings.avatar_start_timeout,
         join_timeout=settings.avatar_join_timeout,
         max_restarts=settings.avatar_max_restarts,
+        speak_before_video=settings.avatar_speak_before_video,
     )
 
 
@@ -167,7 +169,11 @@ def avatar_for_job(
     on_avatar: AvatarStarted | None = None,
 ) -> AvatarSupervisor:
     """The configured provider's avatar for one job, with its own pooled HTTP session."""
-    http_session = provider_http_session(prewarmed)
+    # Set when the start's first provider call is on the wire (none for the local avatar).
+    call_sent = asyncio.Event() if provider_api_url(settings) else None
+    http_session = provider_http_session(
+        prewarmed, on_request_sent=call_sent.set if call_sent else None
+    )
     setup = dataclasses.replace(provider_setup(settings, http_session), aclose=http_session.close)
     return AvatarSupervisor(
         room=room,
@@ -177,6 +183,7 @@ def avatar_for_job(
         timeline=timeline,
         connect=connect,
         on_avatar=on_avatar,
+        provider_call_sent=call_sent,
     )
 
 

@@ -43,6 +43,9 @@ class AvatarOptions:
     playout_grace: float = 2.0
     # New sessions after the avatar left mid-call.
     max_restarts: int = 2
+    # The agent speaks in its own voice from the start; the avatar takes over at a sentence's end
+    # once its video is up (docs/first-word.md). False: speech waits for the avatar's video.
+    speak_before_video: bool = True
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,15 @@ things the plain data-stream output cannot do:
 - when the avatar goes away mid-utterance, the rest of the utterance (from a little before the point
   the user had heard, at a pause) is played on the agent's own track at once;
 - an avatar that never confirms a playout cannot wedge the conversation: the utterance is over
-  `playout_grace` seconds after it should have ended, and the next one goes on.
+  `playout_grace` seconds after it should have ended, and the next one goes on;
+- with `handover_pause` set, an avatar whose video comes up while the agent speaks in its own voice
+  takes over within the utterance, at its next pause of that length (a sentence's end): the own
+  voice plays up to the pause, the avatar goes on from just before the next word once the own voice
+  has played out. No word is cut or repeated, and the two voices never overlap (docs/first-word.md).
 
 A sink (the avatar's `DataStreamAudioOutput`, the agent's `OwnVoice`) plays one utterance at a time,
-in order. A new avatar takes over from the agent's own voice between utterances, never within one.
+in order. Without `handover_pause`, a new avatar takes over from the agent's own voice between
+utterances, never within one.
 
 No wait on a sink is unbounded. A sink that takes no audio for `capture_timeout` seconds, or fails,
 is reported once (`on_sink_failed`) and the utterance ends where the user was; a later one goes on.
@@ -58,6 +63,16 @@ Route = Literal["held", "avatar", "own_voice"]
 # `_PAUSE_SEARCH` before that, so the replay starts between words.
 _REPLAY_OVERLAP = 1.0
 _PAUSE_SEARCH = 0.6
+# Speech is kept in frames of at most this length, so a pause is found to within one frame.
+_FRAME_SECONDS = 0.02
+# Below this mean absolute level (int16 units) a frame is silence: synthesised speech is in the
+# thousands, the silence between its sentences at or near 0.
+_SILENT_LEVEL = 80.0
+# How far ahead of its playout the own voice is fed while an avatar may take over from it: enough
+# that a late wake-up of a loaded machine cannot starve the track.
+_OWN_VOICE_AHEAD = 0.4
+# At a handover, the avatar starts this far before the pause's end, so its first word is whole.
+_HANDOVER_LEAD = 0.06
 
 
 def avatar_output(room: rtc.Room, identity: str, *, sample_rate: int) -> DataStreamAudioOutput:
@@ -112,6 +127,10 @@ class _Sink:
         self._awaiting: deque[asyncio.Future[PlaybackFinishedEvent]] = deque()
         output.on("playback_finished", self._on_finished)
         output.on("playback_started", self._on_started)
+
+    def opened_segment(self) -> bool:
+        """The output opened a segment not yet claimed (a frame of it is on its way out)."""
+        return self.output.captured_playout_segments > self._segments
 
     def claim_segment(self) -> asyncio.Future[PlaybackFinishedEvent] | None:
         """The confirmation of the segment the output opened since the last claim, if it did."""
@@ -174,6 +193,7 @@ class _Utterance:
 
     frames: list[rtc.AudioFrame] = field(default_factory=list)
     ends: list[float] = field(default_factory=list)  # end time of each frame in the utterance
+    levels: list[float] = field(default_factory=list)  # loudness of each frame
     flushed: bool = False
     cleared: bool = False
     done: asyncio.Event = field(default_factory=asyncio.Event)
@@ -199,9 +219,33 @@ class _Utterance:
         return self.offset_of(self.first_index)
 
     def append(self, frame: rtc.AudioFrame) -> None:
-        self.frames.append(frame)
-        self.ends.append(self.duration + frame.duration)
+        for piece in _split(frame):
+            self.frames.append(piece)
+            self.ends.append(self.duration + piece.duration)
+            self.levels.append(_loudness(piece))
         self.more.set()
+
+    def pause_length(self, index: int) -> float:
+        """How long the silence that starts at frame `index` lasts (in what is captured so far)."""
+        end = index
+        while end < len(self.frames) and self.levels[end] < _SILENT_LEVEL:
+            end += 1
+        return self.offset_of(end) - self.offset_of(index)
+
+    def pause_from(self, index: int, *, at_least: float) -> int | None:
+        """If a pause of `at_least` seconds starts at frame `index` and speech follows it (or may
+        yet), the frame a new sink should start from: `_HANDOVER_LEAD` before the pause's end."""
+        end = index
+        while end < len(self.frames) and self.levels[end] < _SILENT_LEVEL:
+            end += 1
+        if end == len(self.frames) and self.flushed:
+            return None  # the utterance's trailing silence: it ends here, nothing to hand over
+        if self.offset_of(end) - self.offset_of(index) < at_least:
+            return None
+        start = end
+        while start > index and self.offset_of(end) - self.offset_of(start - 1) <= _HANDOVER_LEAD:
+            start -= 1
+        return start
 
     def heard(self, now: float) -> float:
         """Where the user is, at best, in this utterance on its current sink."""
@@ -218,7 +262,24 @@ class _Utterance:
         candidates = range(max(earliest, 0), min(index, len(self.frames) - 1) + 1)
         if not candidates:
             return min(index, len(self.frames))
-        return min(candidates, key=lambda i: _loudness(self.frames[i]))
+        return min(candidates, key=lambda i: self.levels[i])
+
+
+def _split(frame: rtc.AudioFrame) -> list[rtc.AudioFrame]:
+    step = max(1, int(frame.sample_rate * _FRAME_SECONDS))
+    if frame.samples_per_channel <= step:
+        return [frame]
+    samples = np.frombuffer(frame.data, dtype=np.int16)
+    width = step * frame.num_channels
+    return [
+        rtc.AudioFrame(
+            samples[start : start + width].tobytes(),
+            frame.sample_rate,
+            frame.num_channels,
+            len(samples[start : start + width]) // frame.num_channels,
+        )
+        for start in range(0, len(samples), width)
+    ]
 
 
 def _loudness(frame: rtc.AudioFrame) -> float:
@@ -243,6 +304,8 @@ class SpeechRouter(AudioOutput):
         on_sink_failed: Callable[[SinkKind, BaseException], None] | None = None,
         on_unconfirmed: Callable[[SinkKind, float], None] | None = None,
         on_first_audio: Callable[[SinkKind], None] | None = None,
+        handover_pause: float | None = None,
+        unpublish_wait: float = 0.25,
     ) -> None:
         super().__init__(
             label="AvatarSpeechRouter",
@@ -258,6 +321,8 @@ class SpeechRouter(AudioOutput):
         self._on_sink_failed = on_sink_failed
         self._on_unconfirmed = on_unconfirmed
         self._on_first_audio = on_first_audio
+        self._handover_pause = handover_pause
+        self._unpublish_wait = unpublish_wait  # at a handover, for the own track to go
         self._sink: _Sink | None = None  # None: hold speech until a sink is chosen
         self._next_avatar: _Sink | None = None  # takes over at the next utterance
         self._own_voice: OwnVoiceOutput | None = None
@@ -290,7 +355,11 @@ class SpeechRouter(AudioOutput):
         if self._next_avatar is not None:
             self._next_avatar.detach()
         self._next_avatar = sink
-        if self._sink is None or not self._playing_on(self._sink):
+        if (
+            self._sink is None
+            or not self._playing_on(self._sink)
+            or self._own_voice_unheard(self._sink)
+        ):
             self._take_next_avatar()
 
     def to_own_voice(self) -> None:
@@ -329,6 +398,16 @@ class SpeechRouter(AudioOutput):
     def _pending(self) -> list[_Utterance]:
         return [u for u in self._utterances if not u.done.is_set()]
 
+    def _own_voice_unheard(self, sink: _Sink) -> bool:
+        """The own voice has been given speech it has not begun (its track is still being
+        published, or nobody has subscribed yet): an avatar can take all of it now."""
+        return (
+            self._handover_pause is not None
+            and sink.kind == "own_voice"
+            and not sink.opened_segment()
+            and all(u.sent == u.first_index for u in self._pending() if u.sink is sink)
+        )
+
     def _take_next_avatar(self) -> None:
         sink, self._next_avatar = self._next_avatar, None
         if sink is None:
@@ -336,19 +415,29 @@ class SpeechRouter(AudioOutput):
         old = self._sink
         self._sink = sink
         for utterance in self._pending():
-            if utterance.sink is None:
+            if (
+                utterance.sink is old
+                and old is not None
+                and utterance.sent == utterance.first_index
+            ):
+                if utterance.task is not None:
+                    utterance.task.cancel()  # it waits for the own voice: nothing of it was heard
+                self._play(utterance, sink, first_index=utterance.first_index)
+            elif utterance.sink is None:
                 self._play(utterance, sink, first_index=0)
         if old is not None:
             old.detach()
             if old.kind == "own_voice":
                 self._release_own_voice()
 
-    def _release_own_voice(self) -> None:
+    def _release_own_voice(self) -> asyncio.Task[None] | None:
         own, self._own_voice = self._own_voice, None
-        if own is not None:
-            task = asyncio.create_task(own.aclose(), name="own-voice-close")
-            self._closing_own_voice.add(task)
-            task.add_done_callback(self._closing_own_voice.discard)
+        if own is None:
+            return None
+        task = asyncio.create_task(own.aclose(), name="own-voice-close")
+        self._closing_own_voice.add(task)
+        task.add_done_callback(self._closing_own_voice.discard)
+        return task
 
     def _move(self, utterance: _Utterance, now: float) -> None:
         """Re-route an utterance from a sink that is gone to the current one."""
@@ -452,6 +541,11 @@ class SpeechRouter(AudioOutput):
         try:
             while True:
                 while utterance.sent < len(utterance.frames):
+                    resume = self._handover_point(utterance, sink)
+                    if resume is not None:
+                        await self._hand_over(utterance, sink, resume)
+                        return
+                    await self._keep_pace(utterance, sink)
                     frame = utterance.frames[utterance.sent]
                     await self._capture(sink, frame)
                     if utterance.sent == utterance.first_index:
@@ -510,6 +604,102 @@ class SpeechRouter(AudioOutput):
                 self._on_sink_failed(sink.kind, error)  # may move this utterance elsewhere
             if utterance.sink is sink:
                 self._finish(utterance, utterance.heard(time.time()), interrupted=True)
+
+    def _handover_point(self, utterance: _Utterance, sink: _Sink) -> int | None:
+        """Where an avatar waiting to take over from the own voice goes on in this utterance, if
+        it can now: at its start (nothing of it played yet), or at a pause that begins here."""
+        if (
+            self._handover_pause is None
+            or self._next_avatar is None
+            or sink is not self._sink
+            or sink.kind != "own_voice"
+            or utterance.cleared
+        ):
+            return None
+        if utterance.sent == utterance.first_index:
+            return utterance.sent
+        return utterance.pause_from(utterance.sent, at_least=self._handover_pause)
+
+    async def _keep_pace(self, utterance: _Utterance, sink: _Sink) -> None:
+        """The own voice takes speech faster than real time and queues it; an avatar can only take
+        over from what is not queued yet. So it is fed `_OWN_VOICE_AHEAD` ahead of its playout."""
+        if self._handover_pause is None or sink.kind != "own_voice":
+            return
+        if utterance.sink_started_at is None:
+            return
+        played = time.time() - utterance.sink_started_at
+        ahead = utterance.offset_of(utterance.sent) - utterance.offset - played
+        if ahead > _OWN_VOICE_AHEAD:
+            await asyncio.sleep(ahead - _OWN_VOICE_AHEAD)  # real-time pacing of audio
+
+    async def _hand_over(self, utterance: _Utterance, own: _Sink, resume: int) -> None:
+        """End the own voice's part of the utterance here, let it play out, then go on from
+        `resume` on the avatar and take the own voice's track down."""
+        confirmation = utterance.confirmation
+        if utterance.sent > utterance.first_index:
+            own.output.flush()
+            utterance.sink_flushed = True
+        if confirmation is not None:
+            # The avatar's first word must not play over the own voice's last one.
+            started = utterance.sink_started_at or time.time()
+            due = started + (utterance.offset_of(utterance.sent) - utterance.offset) - time.time()
+            try:
+                await asyncio.wait_for(
+                    asyncio.shield(confirmation), max(0.0, due) + self._playout_grace
+                )
+            except TimeoutError:
+                own.give_up(confirmation)
+        if self._next_avatar is not None and self._sink is own:
+            # A frontend plays the agent's own track rather than its avatar's while it is up (as
+            # LiveKit's components do): it is taken down before the avatar says a word.
+            closing = self._release_own_voice()
+            if closing is not None:
+                await asyncio.wait({closing}, timeout=self._unpublish_wait)
+        if self._closed:
+            return
+        if self._next_avatar is None or self._sink is not own:
+            # The avatar went away meanwhile: the agent's own voice goes on where it stopped.
+            self._own_voice_again(utterance, own)
+            return
+        avatar, self._next_avatar = self._next_avatar, None
+        self._sink = avatar
+        logger.info(
+            "the avatar takes over from the agent's own voice at %.2fs of the utterance",
+            utterance.offset_of(utterance.sent),
+            extra={
+                "sink": avatar.name,
+                "handover_at": round(utterance.offset_of(utterance.sent), 3),
+                "resumed_at": round(utterance.offset_of(resume), 3),
+                # the silence the speech itself has there (what a handover gap is measured against)
+                "natural_pause": round(utterance.pause_length(utterance.sent), 3),
+            },
+        )
+        self._play(utterance, avatar, first_index=resume)
+        self._move_waiting(utterance, own, avatar)
+        own.detach()
+
+    def _move_waiting(self, playing: _Utterance, old: _Sink, new: _Sink) -> None:
+        """Utterances queued on `old` behind `playing` (none of them begun) go to `new`."""
+        for waiting in self._pending():
+            if waiting is not playing and waiting.sink is old:
+                if waiting.task is not None:
+                    waiting.task.cancel()
+                self._play(waiting, new, first_index=waiting.first_index)
+
+    def _own_voice_again(self, utterance: _Utterance, own: _Sink) -> None:
+        """A handover that did not happen: the utterance goes on in the agent's own voice from
+        where it stopped, on a new track if the old one was already being taken down."""
+        if self._sink is own and self._own_voice is not None:
+            self._play(utterance, own, first_index=utterance.sent)
+            return
+        if self._own_voice is None:
+            self._own_voice = self._new_own_voice()
+        sink = self._new_sink(self._own_voice.output, "own_voice", "agent")
+        if self._sink is own:
+            self._sink = sink
+        own.detach()
+        self._play(utterance, sink, first_index=utterance.sent)
+        self._move_waiting(utterance, own, sink)
 
     async def _capture(self, sink: _Sink, frame: rtc.AudioFrame) -> None:
         try:

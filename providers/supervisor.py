@@ -1,7 +1,9 @@
 """The avatar's whole life in one job, under faults: start or fall back, watch, recover, end.
 
 - Start: the provider call needs the room's name and SID and the agent's identity, not a connected
-  room, so it begins as soon as the job arrives. Speech meanwhile waits in the speech router.
+  room, so it begins as soon as the job arrives. Speech meanwhile goes out in the agent's own voice
+  and moves to the avatar at a sentence's end once its video is up (`speak_before_video`, the
+  default), or waits in the speech router.
   Any failure to start or to join in time (whatever the error) gives the agent its own voice.
 - Watch: the avatar leaving the room, stopping its video, or its speech stream failing moves the
   agent's speech to its own track at once (the utterance in flight is replayed there); then new
@@ -55,10 +57,14 @@ logger = logging.getLogger("avatar.supervisor")
 RESTART_BACKOFF = RetryPolicy(base_delay=0.5, max_delay=8.0)
 # How many times a new own voice is made after one could not be published.
 OWN_VOICE_RETRIES = 3
+# An avatar takes over from the agent's own voice at a pause at least this long: a sentence's end.
+# Synthesised speech pauses 0.3-0.6 s between sentences, 0.1-0.25 s at a comma or colon (eSpeak's
+# offline greeting: 0.31-0.35 s, and 0.10-0.21 s).
+HANDOVER_PAUSE = 0.25
 
 
 class AvatarState(enum.Enum):
-    STARTING = "starting"  # the first provider session is starting; speech is held
+    STARTING = "starting"  # the first provider session is starting; own voice (or speech held)
     LIVE = "live"  # an avatar is in the room with video; speech goes to it
     LOST = "lost"  # no avatar (it failed or left); the agent speaks in its own voice
     RESTARTING = "restarting"  # a new provider session is starting; the agent speaks meanwhile
@@ -111,8 +117,10 @@ class AvatarSupervisor:
         connect: Callable[[], Awaitable[None]],
         rng: random.Random | None = None,
         on_avatar: AvatarStarted | None = None,
+        provider_call_sent: asyncio.Event | None = None,
     ) -> None:
         self._room = room
+        self._provider_call_sent = provider_call_sent
         self._on_avatar = on_avatar  # told of every avatar we mint a token for, then of its session
         self._job = job
         self._provider = provider
@@ -128,6 +136,7 @@ class AvatarSupervisor:
             on_sink_failed=self._on_sink_failed,
             on_unconfirmed=self._on_unconfirmed,
             on_first_audio=self._on_first_audio,
+            handover_pause=HANDOVER_PAUSE if self._options.speak_before_video else None,
         )
         self.guard = AvatarGuard(
             room,
@@ -196,6 +205,23 @@ class AvatarSupervisor:
         self._listen(True)
         self.guard.watch(self._connected)
         self._run_task = asyncio.create_task(self._run(), name="avatar-supervisor")
+        if self._options.speak_before_video:
+            # The first word at once: the agent's own voice carries speech until the avatar's
+            # video is up (its track is published as soon as the room is connected).
+            self.router.to_own_voice()
+
+    async def until_provider_called(self, limit: float) -> None:
+        """Until the start's first provider call is on the wire, the start is over, or `limit`
+        seconds: the job's own start (the session's set-up holds the event loop for tens of
+        milliseconds) then cannot delay the call that the avatar's boot waits on."""
+        sent, run = self._provider_call_sent, self._run_task
+        if sent is None or run is None or sent.is_set():
+            return
+        waiting = asyncio.ensure_future(sent.wait())
+        try:
+            await asyncio.wait({waiting, run}, timeout=limit, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiting.cancel()
 
     def begin_end(self) -> None:
         """Start ending every provider session now (the room or the session is going away)."""
@@ -449,7 +475,10 @@ class AvatarSupervisor:
         )
 
     def _on_first_audio(self, kind: SinkKind) -> None:
-        if kind == "avatar" and not self._ending:
+        if self._ending:
+            return
+        self._timeline.mark("first_voice")
+        if kind == "avatar":
             self._timeline.mark("first_audio_to_avatar")
 
     def _on_room_disconnected(self, *_: object) -> None:

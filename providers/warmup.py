@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
@@ -87,8 +88,22 @@ class PrewarmedResolver(AbstractResolver):
             await self._fallback.close()
 
 
-def provider_http_session(resolved: ResolvedHost | None) -> aiohttp.ClientSession:
-    """The job's one pooled session for provider calls (call inside the job's event loop)."""
+def provider_http_session(
+    resolved: ResolvedHost | None, *, on_request_sent: Callable[[], None] | None = None
+) -> aiohttp.ClientSession:
+    """The job's one pooled session for provider calls (call inside the job's event loop).
+
+    `on_request_sent` is called each time a request's headers are on the wire."""
+    traces = []
+    if on_request_sent is not None:
+        trace = aiohttp.TraceConfig()
+
+        async def sent(*_: object) -> None:
+            on_request_sent()
+
+        trace.on_request_headers_sent.append(sent)
+        traces.append(trace)
     return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(resolver=PrewarmedResolver(resolved))
+        connector=aiohttp.TCPConnector(resolver=PrewarmedResolver(resolved)),
+        trace_configs=traces,
     )

@@ -14,6 +14,9 @@ def test_startup_ab_options() -> None:
         [0.0, 0.8],
         ["lemonslice", "anam"],
     )
+    assert (args.avatar_boot, args.today) == ([1.0, 3.0], True)
+    args = parse_args(["--avatar-boot", "3", "--no-today"])
+    assert (args.avatar_boot, args.today) == ([3.0], False)
     args = parse_args(
         ["--providers", "anam", "--first-audio-latency", "0.5", "--anam-flows", "direct"]
     )

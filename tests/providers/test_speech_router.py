@@ -114,6 +114,7 @@ class Harness:
         clear_timeout: float = 2.0,
         late_confirmation: float = 5.0,
         capture_timeout: float = 10.0,
+        handover_pause: float | None = None,
     ) -> None:
         self.changes = Changes()  # made in the test's loop: an Event belongs to one loop
         self.until = self.changes.until
@@ -135,6 +136,7 @@ class Harness:
             on_confirmation_lost=self._confirmation_lost,
             on_unconfirmed=lambda kind, _: self.unconfirmed.append(kind),
             on_first_audio=self.first_audio.append,
+            handover_pause=handover_pause,
         )
 
     def _confirmation_lost(self, kind: SinkKind) -> None:
@@ -440,3 +442,130 @@ async def test_a_sink_that_takes_no_audio_ends_the_turn_after_the_capture_bound(
     assert [(kind, type(error).__name__) for kind, error in harness.failures] == [
         ("avatar", "SinkStalledError")
     ]
+
+
+# -- the first word at once: the avatar takes over from the own voice at a sentence's end ----
+
+HANDOVER_PAUSE = 0.25
+FIRST = [3000 + n for n in range(25)]  # 0.5 s of speech, each frame told apart by its level
+COMMA = [0] * 5  # 0.1 s: too short to hand over at
+PAUSE = [0] * 15  # 0.3 s: a sentence's end
+SECOND = [5000 + n for n in range(25)]
+
+
+def without_leading_silence(levels: list[int]) -> tuple[int, list[int]]:
+    silent = next((i for i, level in enumerate(levels) if level), len(levels))
+    return silent, levels[silent:]
+
+
+async def test_an_avatar_takes_over_from_the_own_voice_at_the_next_sentence_end() -> None:
+    harness = Harness(handover_pause=HANDOVER_PAUSE)
+    router = harness.router
+    router.to_own_voice()  # the greeting starts before the avatar's video is up
+    spoken = FIRST[:10] + COMMA + FIRST[10:] + PAUSE + SECOND
+    await harness.say(spoken)
+    own = harness.own_voices[0].output
+    await harness.until(lambda: len(own.segments) == 1 and len(own.segments[0]) >= 3)
+
+    avatar = harness.sink()
+    router.to_avatar(avatar, "avatar-1")  # its video is up, in the first sentence
+    await harness.until(lambda: own.flushes == 1)
+    heard_in_own_voice = levels_of(own.segments[0])
+    assert heard_in_own_voice == FIRST[:10] + COMMA + FIRST[10:]  # up to the sentence's end
+    await run_ready_tasks()
+    assert avatar.segments == []  # never both voices: the avatar waits for the own voice's end
+
+    own.finish(0.6)
+    await harness.until(lambda: avatar.flushes == 1)
+    # a frontend plays the agent's own track over the avatar's: it went before the avatar spoke
+    assert harness.own_voices[0].closed
+    lead, rest = without_leading_silence(levels_of(avatar.segments[0]))
+    assert rest == SECOND  # no word cut, none repeated
+    assert 0 < lead <= 3  # the pause's last 0.06 s at most: the first word starts whole
+    assert router.route == "avatar"
+    assert harness.first_audio == ["own_voice", "avatar"]
+
+    avatar.finish(0.3)  # interrupted there, say
+    event = await asyncio.wait_for(router.wait_for_playout(), HANG)
+    resumed_at = (len(spoken) - len(SECOND) - lead) * FRAME_S
+    assert event.playback_position == pytest.approx(resumed_at + 0.3)
+
+
+async def test_an_avatar_up_before_the_own_voice_spoke_takes_the_whole_utterance() -> None:
+    harness = Harness(handover_pause=HANDOVER_PAUSE)
+    router = harness.router
+    router.to_own_voice()
+    own = harness.own_voices[0].output
+    own.stalled = True  # its track is not subscribed yet: nothing of the greeting was heard
+    await harness.say(FIRST)
+    avatar = harness.sink()
+    router.to_avatar(avatar, "avatar-1")
+    assert router.route == "avatar"
+    await harness.until(lambda: avatar.flushes == 1)
+    assert levels_of(avatar.segments[0]) == FIRST
+    assert own.segments == []
+    await harness.until(lambda: harness.own_voices[0].closed)
+
+
+async def test_an_utterance_without_a_sentence_end_is_finished_by_the_own_voice() -> None:
+    harness = Harness(handover_pause=HANDOVER_PAUSE)
+    router = harness.router
+    router.to_own_voice()
+    await harness.say(FIRST + COMMA + FIRST + PAUSE)  # trailing silence is no place to hand over
+    own = harness.own_voices[0].output
+    await harness.until(lambda: len(own.segments) == 1 and len(own.segments[0]) >= 3)
+    avatar = harness.sink()
+    router.to_avatar(avatar, "avatar-1")
+    await harness.until(lambda: own.flushes == 1)
+    assert levels_of(own.segments[0]) == FIRST + COMMA + FIRST + PAUSE
+    own.finish(1.3)
+    await harness.until(lambda: router.route == "avatar")
+    await harness.say(SECOND)  # the next utterance is the avatar's
+    await harness.until(lambda: avatar.flushes == 1)
+    assert levels_of(avatar.segments[0]) == SECOND
+    assert len(own.segments) == 1
+
+
+async def test_an_interruption_while_the_own_voice_plays_out_before_a_handover_ends_it() -> None:
+    harness = Harness(handover_pause=HANDOVER_PAUSE)
+    router = harness.router
+    router.to_own_voice()
+    await harness.say(FIRST + PAUSE + SECOND)
+    own = harness.own_voices[0].output
+    await harness.until(lambda: len(own.segments) == 1 and len(own.segments[0]) >= 3)
+    avatar = harness.sink()
+    router.to_avatar(avatar, "avatar-1")
+    await harness.until(lambda: own.flushes == 1)  # handing over: waiting for the own voice
+    router.clear_buffer()
+    event = await asyncio.wait_for(router.wait_for_playout(), HANG)
+    assert event.interrupted is True
+    assert own.clears == 1
+    assert avatar.segments == []  # nothing of the interrupted utterance goes to the avatar
+    await harness.until(lambda: router.route == "avatar")
+    await harness.say(SECOND)
+    await harness.until(lambda: avatar.flushes == 1)
+    assert levels_of(avatar.segments[0]) == SECOND
+
+
+async def test_an_avatar_lost_while_the_own_voice_plays_out_leaves_the_rest_to_the_own_voice() -> (
+    None
+):
+    harness = Harness(handover_pause=HANDOVER_PAUSE)
+    router = harness.router
+    router.to_own_voice()
+    await harness.say(FIRST + PAUSE + SECOND)
+    own = harness.own_voices[0].output
+    await harness.until(lambda: len(own.segments) == 1 and len(own.segments[0]) >= 3)
+    avatar = harness.sink()
+    router.to_avatar(avatar, "avatar-1")
+    await harness.until(lambda: own.flushes == 1)
+    router.to_own_voice()  # the avatar left before it said a word
+    own.finish(0.5)
+    await harness.until(lambda: own.flushes == 2)
+    assert levels_of(own.segments[1]) == PAUSE + SECOND  # on from where it stopped, nothing lost
+    assert avatar.segments == []
+    assert not harness.own_voices[0].closed
+    own.finish(0.8)
+    event = await asyncio.wait_for(router.wait_for_playout(), HANG)
+    assert event.playback_position == pytest.approx(0.5 + 0.8)
+    assert event.interrupted is False

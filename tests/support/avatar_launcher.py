@@ -46,7 +46,14 @@ class NoPlaybackConfirmation:
     """The avatar plays the agent's speech but never answers lk.playback_finished."""
 
 
-AvatarBehaviour = JoinLate | NeverJoin | NoPlaybackConfirmation
+@dataclass(frozen=True)
+class JoinWhenReleased:
+    """The avatar boots until the test sets `released` (an event of the test's loop), then joins."""
+
+    released: asyncio.Event
+
+
+AvatarBehaviour = JoinLate | NeverJoin | NoPlaybackConfirmation | JoinWhenReleased
 
 
 class _UnconfirmingAvatar(LocalAvatarParticipant):
@@ -173,6 +180,8 @@ class LocalAvatarLauncher:
         behaviour = self._script.popleft() if self._script else None
         if isinstance(behaviour, NeverJoin):
             return self._add(LaunchedAvatar(launch, None))
+        if isinstance(behaviour, JoinWhenReleased):
+            await behaviour.released.wait()
         boot = behaviour.seconds if isinstance(behaviour, JoinLate) else self.boot_delay
         if boot:
             await asyncio.sleep(boot)  # the provider's avatar boots

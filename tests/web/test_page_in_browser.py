@@ -11,6 +11,7 @@ overrides the folder); the fallback's screenshot is build/browser/avatar-fallbac
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import time
@@ -25,7 +26,7 @@ from livekit import api
 from playwright.async_api import Browser, Locator, Page
 
 from speech.pipeline import OFFLINE_GREETING
-from tests.support.avatar_launcher import LocalAvatarLauncher
+from tests.support.avatar_launcher import JoinWhenReleased, LocalAvatarLauncher
 from tests.support.emulators import LemonSliceEmulator, StatusFault
 from tests.support.livekit_server import LiveKitServer, server_api, unavailable
 from tests.support.worker import running_worker
@@ -404,3 +405,107 @@ async def test_the_page_says_when_no_agent_comes(page: Page, site: PageSite) -> 
     )
     text = (await notice(page))["text"]
     assert "No agent came" in text and site.agent_name in text, text
+
+
+# What the page shows and plays, sampled every 100 ms from inside the page: who owns the audio it
+# plays (own: the agent's own track; avatar: its avatar's), whether video shows, the notice, and
+# the audio energy played so far.
+RECORD_JS = """
+() => {
+  window.firstWordRecord = [];
+  const started = performance.now();
+  window.firstWordTimer = setInterval(async () => {
+    const { room, audioTrack } = window.avatarPage;
+    let owner = null;
+    if (room && audioTrack) {
+      for (const p of room.remoteParticipants.values()) {
+        for (const pub of p.trackPublications.values()) {
+          if (pub.track === audioTrack) owner = p.attributes['lk.publish_on_behalf'] ? 'avatar' : 'own';
+        }
+      }
+    }
+    let energy = 0;
+    if (audioTrack) {
+      const report = await audioTrack.getRTCStatsReport();
+      for (const entry of (report ? report.values() : [])) {
+        if (entry.type === 'inbound-rtp') energy = entry.totalAudioEnergy ?? 0;
+      }
+    }
+    window.firstWordRecord.push({
+      t: Math.round(performance.now() - started), owner, energy,
+      video: document.body.dataset.video, notice: document.getElementById('notice').dataset.kind ?? null,
+    });
+  }, 100);
+}
+"""
+
+
+async def test_the_page_plays_the_agents_voice_at_once_then_the_avatar_takes_over(
+    page: Page, site: PageSite, livekit_server: LiveKitServer, tmp_path: Path
+) -> None:
+    """The first word at once (docs/first-word.md): the greeting plays in the agent's own voice
+    while the avatar boots, the page saying the avatar is on its way; then the avatar's video
+    shows and its voice carries the rest of the greeting. The page's record through the handover
+    is written to build/browser/first-word.txt with screenshots before and after."""
+    launcher = LocalAvatarLauncher()
+    released = asyncio.Event()
+    launcher.script(JoinWhenReleased(released))
+    async with LemonSliceEmulator(api_key=LEMONSLICE_KEY, avatar_launcher=launcher) as emulator:
+        provider = emulator.worker_settings("agent-browser")
+        async with running_worker(livekit_server, site.agent_name, tmp_path, provider):
+            await page.goto(site.url)
+            await page.evaluate(RECORD_JS)
+            await page.click("#join")
+
+            # the agent's own voice, with sound, before any avatar; the page says it is coming
+            handle = await page.wait_for_function(
+                AUDIO_OWNER_JS, polling=100, timeout=JOIN_TIMEOUT_MS
+            )
+            owner = await handle.json_value()
+            assert owner is not None and owner["onBehalf"] is None, owner
+            await wait_for_stat(page, "audio", "totalAudioEnergy", AUDIBLE_ENERGY, 60_000)
+            await page.wait_for_function(
+                "() => document.getElementById('notice').dataset.kind === 'avatar-arriving'",
+                polling=100,
+                timeout=10_000,
+            )
+            assert await page.evaluate("() => document.body.dataset.video") == "off"
+            before = save_screenshot(
+                await page.screenshot(full_page=True), tmp_path, "first-word-before-avatar.png"
+            )
+
+            released.set()
+            await page.wait_for_function(
+                f"() => ({VIDEO_OWNER_JS})()?.startsWith('lemonslice-avatar-agent-')",
+                polling=100,
+                timeout=JOIN_TIMEOUT_MS,
+            )
+            # the avatar's voice takes over (the own track goes) and carries the greeting's rest
+            await page.wait_for_function(
+                f"() => ({AUDIO_OWNER_JS})()?.onBehalf", polling=50, timeout=30_000
+            )
+            await wait_for_stat(page, "audio", "totalAudioEnergy", AUDIBLE_ENERGY, 30_000)
+            await agent_line(page, OFFLINE_GREETING).wait_for(timeout=60_000)
+            after = save_screenshot(
+                await page.screenshot(full_page=True), tmp_path, "first-word-avatar.png"
+            )
+            await page.locator("#agent-state", has_text="Agent: listening").wait_for(timeout=30_000)
+            assert await agent_line(page, "offline voice").count() == 1
+            assert (await notice(page))["hidden"]
+
+            record = await page.evaluate(
+                "() => { clearInterval(window.firstWordTimer); return window.firstWordRecord; }"
+            )
+            owners = [entry["owner"] for entry in record if entry["owner"]]
+            # one voice, then the other, never back: own voice, then the avatar
+            assert owners[0] == "own" and owners[-1] == "avatar", owners
+            switches = [i for i in range(1, len(owners)) if owners[i] != owners[i - 1]]
+            assert len(switches) == 1, owners
+            lines = [
+                f"{e['t'] / 1000:6.1f}s  audio {e['owner'] or '-':6}  energy {e['energy']:.4f}  "
+                f"video {e['video']}  notice {e['notice'] or '-'}"
+                for e in record
+            ]
+            text = "\n".join(lines)
+            (before.parent / "first-word.txt").write_text(text + "\n")
+            print(f"\n[browser] first word: screenshots {before}, {after}\n{text}")

@@ -171,7 +171,11 @@
       return;
     }
     if (!avatar) {
-      if (agentVoice || status === 'unavailable') {
+      if (agentVoice && status === 'starting') {
+        // The agent speaks in its own voice while its avatar boots (AVATAR_SPEAK_BEFORE_VIDEO).
+        setNotice('avatar-arriving', 'info', 'The agent is talking; its avatar is on its way…');
+        ui.placeholder.textContent = 'The avatar is on its way…';
+      } else if (agentVoice || status === 'unavailable') {
         setNotice('avatar-fallback', 'warning',
           `The avatar could not start${because}, so the agent is talking to you in its own voice, without video.`);
         ui.placeholder.textContent = 'No avatar: voice only.';
