@@ -12,11 +12,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import os
+import signal
 import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -29,12 +33,14 @@ from recovery.service import WatcherService
 from recovery.watcher import WatcherOptions, recovered_job
 from tests.support.livekit_cluster import LiveKitCluster
 from tests.support.livekit_server import LiveKitServer, free_port, server_api
+from tests.support.recovery_world import World, is_agent, open_call, open_world
 from tests.support.room_user import RoomUser
 
 pytestmark = pytest.mark.e2e
 
 WATCHERS = 3
 ROUNDS = 8
+DEATHS = 2  # of a job process, in one call, with real workers
 LOOPBACK = "127.0.0.1"
 
 
@@ -232,3 +238,84 @@ async def test_an_unreachable_claim_store_does_not_stop_recovery(
     finally:
         for service in watchers.services:
             await service.stop()
+
+
+async def test_racing_watchers_bring_one_job_back_after_each_death(
+    livekit_cluster: LiveKitCluster, tmp_path: Path
+) -> None:
+    """Real workers: a job process killed, twice in the same call; both watchers check at once
+    (no failover delay; the server's `participant_left` and a fan-out of it reach both together).
+    Each death: one recovery dispatch, one job from it, one takeover, no refused job."""
+    async with (
+        open_world(livekit_cluster, "lemonslice", tmp_path, failover_delay=0, claims=True) as world,
+        open_call(world) as call,
+    ):
+        await call.dispatch()
+        agent, _ = await call.greeted()
+        for death in range(DEATHS):
+            dead_job = "AJ_" + agent.removeprefix("agent-AJ_")
+            before = [len(per_watcher(world, call.room, i)) for i in (0, 1)]
+            os.kill(world.job_process(agent), signal.SIGKILL)
+            await call.user.wait_until_gone(agent, timeout=30)
+            await fan_out_to_world(world, agent_left(call.room, agent))
+            new_agent = await call.user.wait_for_agent(not_identity=agent, timeout=60)
+            await call.ears.heard(await call.avatar_of(new_agent.identity), after=0, timeout=60)
+            # Every watcher has decided since the death (a sweep at the latest): any dispatch for
+            # it is made by now.
+            await world.until(partial(each_decided_since, world, call.room, before), timeout=30)
+            served = [d for d in await call.recovery_dispatches() if recovered_job(d) == dead_job]
+            assert len(served) == 1, (death, served)
+            # The jobs the workers ran in this room: the first one and one per death.
+            jobs = {
+                r["job_id"]
+                for w in world.live_workers()
+                for r in w.logs_for_room(call.room)
+                if isinstance(r.get("job_id"), str)
+            }
+            assert len(jobs) == death + 2, (death, jobs)
+            takeovers = [
+                r
+                for w in world.live_workers()
+                for r in w.logs_for_room(call.room)
+                if r.get("recovery") == "takeover" and r.get("previous_job") == dead_job
+            ]
+            assert len(takeovers) == 1, (death, takeovers)
+            refused = [
+                r
+                for w in world.live_workers()
+                for r in w.logs_for_room(call.room)
+                if r.get("recovery") == "refused"
+            ]
+            assert refused == [], (death, refused)
+            print(
+                f"\ndeath {death}: {[per_watcher(world, call.room, i)[n:] for i, n in enumerate(before)]}"
+            )
+            agent = new_agent.identity
+        assert [p.identity for p in call.user.room.remote_participants.values() if is_agent(p)] == [
+            agent
+        ]
+
+
+def each_decided_since(world: World, room: str, before: list[int]) -> bool:
+    return all(len(per_watcher(world, room, i)) > n for i, n in enumerate(before))
+
+
+def per_watcher(world: World, room: str, index: int) -> list[str]:
+    service = world.watchers[index]
+    assert service is not None and service.watcher is not None
+    return [outcome for checked, outcome in service.watcher.outcomes if checked == room]
+
+
+async def fan_out_to_world(world: World, event: api.WebhookEvent) -> None:
+    node = world.node(0)
+    body = MessageToJson(event)
+    digest = base64.b64encode(hashlib.sha256(body.encode()).digest()).decode()
+    token = api.AccessToken(node.api_key, node.api_secret).with_sha256(digest).to_jwt()
+    async with aiohttp.ClientSession() as http:
+
+        async def post(url: str) -> int:
+            async with http.post(url, data=body, headers={"Authorization": token}) as reply:
+                return reply.status
+
+        statuses = await asyncio.gather(*(post(url) for url in world.cluster.webhook_urls))
+    assert statuses == [200] * len(statuses)
