@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
 
 logger = logging.getLogger("avatar-agent.recovery")
@@ -45,7 +45,7 @@ _UNREACHABLE = (OSError, TimeoutError, EOFError, asyncio.LimitOverrunError, Clai
 class RedisAddress:
     host: str
     port: int
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)  # never in a log
     db: int = 0
 
     @classmethod
