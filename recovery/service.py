@@ -17,6 +17,7 @@ from livekit import api
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .claim import DispatchClaims, RedisAddress
 from .watcher import RecoveryWatcher, WatcherOptions
 
 logger = logging.getLogger("avatar-agent.recovery")
@@ -37,6 +38,9 @@ class RecoverySettings(BaseSettings):
     recovery_watchers: int = Field(default=1, ge=1)
     recovery_sweep_interval: float = Field(default=5.0, gt=0)
     recovery_failover_delay: float = Field(default=3.0, ge=0)
+    # The cluster's Redis (redis://[:password@]host[:port][/db]): one dispatch per death among
+    # several watchers. Optional: without it, or while it is unreachable, recovery goes on.
+    recovery_redis_url: SecretStr | None = None
 
     def watcher_options(self) -> WatcherOptions:
         if self.recovery_index >= self.recovery_watchers:
@@ -49,6 +53,10 @@ class RecoverySettings(BaseSettings):
             failover_delay=self.recovery_failover_delay,
         )
 
+    def claim_store(self) -> RedisAddress | None:
+        url = self.recovery_redis_url
+        return RedisAddress.parse(url.get_secret_value()) if url is not None else None
+
 
 class WatcherService:
     def __init__(
@@ -60,8 +68,10 @@ class WatcherService:
         options: WatcherOptions,
         host: str = "127.0.0.1",
         port: int = 0,
+        claim_store: RedisAddress | None = None,
     ) -> None:
         self._livekit_url = livekit_url
+        self._claim_store = claim_store
         self._api_key = api_key
         self._api_secret = api_secret
         self._options = options
@@ -76,7 +86,10 @@ class WatcherService:
 
     async def start(self) -> None:
         self._lk = api.LiveKitAPI(self._livekit_url, self._api_key, self._api_secret)
-        self.watcher = RecoveryWatcher(self._lk, self._options)
+        claims = DispatchClaims(
+            self._claim_store, ttl=self._options.claim_ttl, timeout=self._options.probe_timeout
+        )
+        self.watcher = RecoveryWatcher(self._lk, self._options, claims)
         app = web.Application()
         app.router.add_post(WEBHOOK_PATH, self._on_webhook)
         self._runner = web.AppRunner(app, access_log=None)
@@ -119,6 +132,7 @@ async def serve(settings: RecoverySettings) -> None:
         api_key=settings.livekit_api_key.get_secret_value(),
         api_secret=settings.livekit_api_secret.get_secret_value(),
         options=settings.watcher_options(),
+        claim_store=settings.claim_store(),
         host=settings.recovery_host,
         port=settings.recovery_port,
     )

@@ -12,7 +12,9 @@ AgentDispatchService) at the moment of deciding, never against what the watcher 
 
 Several watchers can run (and should: the loss of one must not stop recovery). Each room has a first
 watcher (by a hash of its name); the others check it `failover_delay` later per rank, find the
-dispatch the first one made, and do nothing. A duplicated webhook is one check (one per room at a
+dispatch the first one made, and do nothing. Watchers that check at the same moment all the same (a
+failover delay of 0, a slow first watcher) are settled by a claim in the cluster's Redis
+(recovery/claim.py): one dispatch per death; without Redis, each dispatches as if alone. A duplicated webhook is one check (one per room at a
 time), a delayed one is a late check, a lost one is found by the sweep over every room.
 """
 
@@ -28,6 +30,7 @@ from dataclasses import dataclass
 import aiohttp
 from livekit import api
 
+from .claim import DispatchClaims
 from .memory import RoomMemory, read_memory
 from .room import is_live_agent, is_person
 
@@ -51,6 +54,9 @@ class WatcherOptions:
     probe_timeout: float = 2.0
     # How long after a room's creation its first dispatch is watched for a worker that never took it.
     first_job_window: float = 300.0
+    # How long a watcher's claim on one death holds (a watcher that dies between its claim and its
+    # dispatch delays the room's recovery by at most this).
+    claim_ttl: float = 10.0
 
 
 def recovery_metadata(job_id: str) -> str:
@@ -67,9 +73,12 @@ def recovered_job(dispatch: api.AgentDispatch) -> str | None:
 
 
 class RecoveryWatcher:
-    def __init__(self, livekit: api.LiveKitAPI, options: WatcherOptions) -> None:
+    def __init__(
+        self, livekit: api.LiveKitAPI, options: WatcherOptions, claims: DispatchClaims | None = None
+    ) -> None:
         self._lk = livekit
         self._options = options
+        self._claims = claims or DispatchClaims(None, ttl=0, timeout=0)
         self._checks: dict[str, asyncio.Task[str]] = {}
         self._left: dict[str, str] = {}  # room -> identity of an agent seen leaving it
         self.dispatched: list[tuple[str, str]] = []  # (room, job recovered), in order
@@ -231,6 +240,11 @@ class RecoveryWatcher:
             return "agent alive"
         if not any(is_person(p) for p in listed.participants):
             return "nobody left"
+        claim = f"{self._options.agent_name}:{room}:no-job:" + ",".join(
+            sorted(d.id for d in dispatches)
+        )
+        if await self._claims.claim(claim) is False:
+            return "claimed by another watcher"
         for dispatch in dispatches:
             await self._lk.agent_dispatch.delete_dispatch(dispatch.id, room)
         await self._lk.agent_dispatch.create_dispatch(
@@ -269,25 +283,37 @@ class RecoveryWatcher:
         return time.time() - memory.claimed_at > self._options.join_grace
 
     async def _dispatch_once(self, room: str, memory: RoomMemory) -> str:
-        dispatches = await self._lk.agent_dispatch.list_dispatch(room_name=room)
-        now_ns = time.time_ns()
-        for dispatch in dispatches:
-            if dispatch.agent_name != self._options.agent_name:
-                continue
-            if recovered_job(dispatch) != memory.job_id:
-                continue
-            age = (now_ns - dispatch.state.created_at) / 1e9
-            if dispatch.state.jobs or age < self._options.dispatch_grace:
-                return "already dispatched"
-            # No worker took it (none was registered): make it again for the one there may be now.
-            await self._lk.agent_dispatch.delete_dispatch(dispatch.id, room)
-        await self._lk.agent_dispatch.create_dispatch(
-            api.CreateAgentDispatchRequest(
-                agent_name=self._options.agent_name,
-                room=room,
-                metadata=recovery_metadata(memory.job_id),
-            )
+        stale = await self._unserved_recoveries(room, memory.job_id)
+        if stale is None:
+            return "already dispatched"
+        # The death, and which dispatches no worker took: a redo after `dispatch_grace` is a claim
+        # of its own, won once too.
+        claim = f"{self._options.agent_name}:{room}:{memory.job_id}:" + (
+            ",".join(sorted(d.id for d in stale)) or "first"
         )
+        won = await self._claims.claim(claim)
+        if won is False:
+            return "claimed by another watcher"
+        if won:
+            # Read again after the claim: what was listed before it may be older than a dispatch
+            # another watcher made under a claim that has since expired.
+            stale = await self._unserved_recoveries(room, memory.job_id)
+            if stale is None:
+                return "already dispatched"
+        try:
+            for dispatch in stale:
+                await self._lk.agent_dispatch.delete_dispatch(dispatch.id, room)
+            await self._lk.agent_dispatch.create_dispatch(
+                api.CreateAgentDispatchRequest(
+                    agent_name=self._options.agent_name,
+                    room=room,
+                    metadata=recovery_metadata(memory.job_id),
+                )
+            )
+        except BaseException:
+            if won:
+                await self._claims.release(claim)
+            raise
         self.dispatched.append((room, memory.job_id))
         logger.warning(
             "the agent of %s died (job %s): dispatched again",
@@ -296,3 +322,19 @@ class RecoveryWatcher:
             extra={"room": room, "recovery": "dispatched", "recovered_job": memory.job_id},
         )
         return "dispatched"
+
+    async def _unserved_recoveries(self, room: str, job_id: str) -> list[api.AgentDispatch] | None:
+        """None when a dispatch recovering `job_id` has its job or may still get one; else those
+        that no worker took within `dispatch_grace` (to be made again)."""
+        stale: list[api.AgentDispatch] = []
+        now_ns = time.time_ns()
+        for dispatch in await self._lk.agent_dispatch.list_dispatch(room_name=room):
+            if dispatch.agent_name != self._options.agent_name:
+                continue
+            if recovered_job(dispatch) != job_id:
+                continue
+            age = (now_ns - dispatch.state.created_at) / 1e9
+            if dispatch.state.jobs or age < self._options.dispatch_grace:
+                return None
+            stale.append(dispatch)
+        return stale

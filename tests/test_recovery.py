@@ -19,13 +19,11 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import psutil
 import pytest
 
 from tests.support.emulators import EmulatedSession
 from tests.support.livekit_cluster import LiveKitCluster
 from tests.support.recovery_world import Call, World, is_agent, open_call, open_world
-from tests.support.worker import WorkerProcess
 
 pytestmark = pytest.mark.e2e
 
@@ -144,7 +142,7 @@ async def test_a_single_killed_job_process_is_recovered_like_a_dead_worker(
     await call.dispatch()
     old_agent, old_avatar = await call.greeted()
     old_sessions = call.sessions()  # the dead job's, before any new job starts one
-    job_pid = _job_process(call.worker, old_agent)
+    job_pid = world.job_process(old_agent)
 
     killed_at = time.monotonic()
     os.kill(job_pid, signal.SIGKILL)
@@ -158,14 +156,3 @@ async def test_a_single_killed_job_process_is_recovered_like_a_dead_worker(
     assert call.user.left_at[old_agent] - killed_at < SERVER_ICE_TIMEOUT
     await _assert_recovered(call, killed_at, old_agent, old_avatar, "one job process", old_sessions)
     assert len(await call.recovery_dispatches()) == 1
-
-
-def _job_process(worker: WorkerProcess, agent_identity: str) -> int:
-    """The pid of the job process that runs `agent_identity`'s job (from the worker's log)."""
-    job_id = "AJ_" + agent_identity.removeprefix("agent-AJ_")
-    for record in worker.records:
-        if record.get("job_id") == job_id and isinstance(record.get("pid"), int):
-            pid = int(record["pid"])
-            if pid != worker.pid and psutil.pid_exists(pid):
-                return pid
-    raise AssertionError(f"no job process found for {job_id}: {worker.output_tail()}")

@@ -15,9 +15,11 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 from livekit import api, rtc
 from livekit.agents.voice.room_io import ATTRIBUTE_PUBLISH_ON_BEHALF
 
+from recovery.claim import RedisAddress
 from recovery.memory import read_memory
 from recovery.service import WatcherService
 from recovery.watcher import WatcherOptions, recovered_job
@@ -58,6 +60,9 @@ class World:
     workdir: Path
     workers: list[WorkerProcess | None] = field(default_factory=list)
     watchers: list[WatcherService | None] = field(default_factory=list)
+    failover_delay: float = 2.0
+    # The watchers' claim store (the cluster's Redis), when the world uses one.
+    claim_store: RedisAddress | None = None
 
     def node(self, index: int) -> LiveKitServer:
         return self.cluster.nodes[index]
@@ -85,11 +90,12 @@ class World:
                 index=index,
                 watchers=len(self.cluster.webhook_ports),
                 sweep_interval=SWEEP_INTERVAL,
-                failover_delay=2.0,
+                failover_delay=self.failover_delay,
                 dispatch_grace=DISPATCH_GRACE,
                 join_grace=JOIN_GRACE,
             ),
             port=self.cluster.webhook_ports[index],
+            claim_store=self.claim_store,
         )
         await service.start()
         self.watchers[index] = service
@@ -123,6 +129,17 @@ class World:
                     for task in waits:
                         task.cancel()
 
+    def job_process(self, agent_identity: str) -> int:
+        """The pid of the job process that runs `agent_identity`'s job, on whichever worker."""
+        job_id = "AJ_" + agent_identity.removeprefix("agent-AJ_")
+        for worker in self.live_workers():
+            for record in worker.records:
+                if record.get("job_id") == job_id and isinstance(record.get("pid"), int):
+                    pid = int(record["pid"])
+                    if pid != worker.pid and psutil.pid_exists(pid):
+                        return pid
+        raise AssertionError(f"no job process found for {job_id}")
+
     def outcomes(self, room: str) -> list[str]:
         return [
             outcome
@@ -134,8 +151,16 @@ class World:
 
 
 @contextlib.asynccontextmanager
-async def open_world(cluster: LiveKitCluster, provider: str, workdir: Path) -> AsyncIterator[World]:
-    """Two workers and two watchers for `provider` (lemonslice or anam), stopped on exit."""
+async def open_world(
+    cluster: LiveKitCluster,
+    provider: str,
+    workdir: Path,
+    *,
+    failover_delay: float = 2.0,
+    claims: bool = False,
+) -> AsyncIterator[World]:
+    """Two workers and two watchers for `provider` (lemonslice or anam), stopped on exit; with
+    `claims`, the watchers claim each death in the cluster's Redis."""
     launcher = LocalAvatarLauncher()
     emulator: EmulatorServer
     env = {
@@ -162,6 +187,8 @@ async def open_world(cluster: LiveKitCluster, provider: str, workdir: Path) -> A
         workdir,
         workers=[None, None],
         watchers=[None, None],
+        failover_delay=failover_delay,
+        claim_store=RedisAddress("127.0.0.1", cluster.redis.port) if claims else None,
     )
     try:
         for index in (0, 1):
