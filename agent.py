@@ -28,6 +28,7 @@ from chat import CHAT_TOPIC, TypedMessages, announce_message_limit
 from config import ConfigError, Settings, get_settings
 from held_turns import HeldTurns
 from observability.avatar_metrics import AvatarMetricsRecorder
+from observability.health import serve_health
 from observability.prometheus import prometheus_options, watch_for_dead_processes
 from observability.tracing import AvatarTracer, configure_tracing, flush_traces
 from providers.lifecycle import JobTimeline
@@ -219,6 +220,7 @@ def create_server(settings: Settings) -> AgentServer:
         **metrics,
     )
     watch_for_dead_processes(server, metrics)
+    serve_health(server, settings.agent_health_port)
     server.setup_fnc = prewarm
     if settings.livekit_url and settings.livekit_api_key and settings.livekit_api_secret:
         remove_agents_of_dead_jobs(server, livekit_credentials(settings))  # speeds up recovery
