@@ -198,7 +198,8 @@ def preloaded_modules(settings: Settings) -> list[str]:
     return modules
 
 
-def create_server(settings: Settings) -> AgentServer:
+def create_server(settings: Settings, **options: Any) -> AgentServer:
+    """The worker; `options` are more `AgentServer` arguments (a test's thread executor)."""
     capacity: dict[str, Any] = {}
     if settings.agent_max_jobs is not None:
         capacity["load_fnc"] = functools.partial(job_count_load, max_jobs=settings.agent_max_jobs)
@@ -218,6 +219,7 @@ def create_server(settings: Settings) -> AgentServer:
         ),
         **capacity,
         **metrics,
+        **options,
     )
     watch_for_dead_processes(server, metrics)
     serve_health(server, settings.agent_health_port)
