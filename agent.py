@@ -28,6 +28,7 @@ from chat import TypedMessages, announce_message_limit
 from config import ConfigError, Settings, get_settings
 from held_turns import HeldTurns
 from observability.avatar_metrics import AvatarMetricsRecorder
+from observability.health import serve_health
 from observability.prometheus import prometheus_options, watch_for_dead_processes
 from observability.tracing import AvatarTracer, configure_tracing, flush_traces
 from providers.lifecycle import JobTimeline
@@ -202,7 +203,8 @@ def preloaded_modules(settings: Settings) -> list[str]:
     return modules
 
 
-def create_server(settings: Settings) -> AgentServer:
+def create_server(settings: Settings, **options: Any) -> AgentServer:
+    """The worker; `options` are more `AgentServer` arguments (a test's thread executor)."""
     capacity: dict[str, Any] = {}
     if settings.agent_max_jobs is not None:
         capacity["load_fnc"] = functools.partial(job_count_load, max_jobs=settings.agent_max_jobs)
@@ -222,8 +224,10 @@ def create_server(settings: Settings) -> AgentServer:
         ),
         **capacity,
         **metrics,
+        **options,
     )
     watch_for_dead_processes(server, metrics)
+    serve_health(server, settings.agent_health_port)
     server.setup_fnc = prewarm
     if settings.livekit_url and settings.livekit_api_key and settings.livekit_api_secret:
         remove_agents_of_dead_jobs(server, livekit_credentials(settings))  # speeds up recovery

@@ -130,6 +130,9 @@ class Settings(BaseModel):
     # Where the recovery watcher reaches this worker's health endpoint (e.g. http://10.0.0.5:8081/).
     # Set, a whole worker's death is seen in seconds; unset, when livekit-server drops its agents.
     agent_health_url: str | None = None
+    # The worker's readiness endpoint (observability/health.py): 200 when it can serve jobs, 503
+    # with the reasons when not (0 = any free port, logged; unset = not served).
+    agent_health_port: int | None = Field(default=None, ge=0, le=65535)
     # CPU load (0-1) at which the worker stops taking jobs. Unset: livekit-agents' own default
     # (0.7 in `start`, no limit in `dev`); LiveKit Cloud hosting ignores a custom value.
     agent_load_threshold: float | None = Field(default=None, gt=0, le=1)

@@ -73,6 +73,9 @@ class DecoderServer:
             )
         return int(reply["pid"])
 
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
     def stop(self) -> None:
         if os.environ.get(DECODER_SERVER_ENV) == str(self.socket_path):
             del os.environ[DECODER_SERVER_ENV]

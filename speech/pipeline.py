@@ -18,6 +18,7 @@ from urllib.parse import urlparse
 from livekit.agents import Agent, AgentSession, inference
 
 from config import Settings
+from observability import health
 
 from .decoder_server import DecoderServer
 from .espeak_tts import EspeakTTS
@@ -41,6 +42,8 @@ GREETING_INTERRUPTIBLE = False
 # cannot interrupt it before the user's echo canceller has settled. The greeting cannot be
 # interrupted anyway, and that warm-up would drop the user's "hello" said back to it: off.
 AEC_WARMUP = None
+# How the worker's health (observability/health.py) names the decoder server when it is gone.
+DECODER_SERVER_HEALTH = "speech decoder server"
 
 
 class VoicePipeline(Protocol):
@@ -142,9 +145,11 @@ class OfflineVoice:
             )
             yield
             return
+        health.watch(DECODER_SERVER_HEALTH, server.alive)
         try:
             yield
         finally:
+            health.unwatch(DECODER_SERVER_HEALTH)
             server.stop()
 
 
