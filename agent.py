@@ -1,4 +1,5 @@
-"""A LiveKit voice agent with a video avatar.
+"""A LiveKit voice agent with a video avatar. The assistant itself (its instructions and tools)
+is in assistant.py: start there to make it yours.
 
     python agent.py dev             # local development: debug logs, no CPU load limit
     python agent.py start           # production worker (LiveKit Cloud or self-hosted)
@@ -24,12 +25,14 @@ from typing import Any
 
 from livekit.agents import AgentServer, AutoSubscribe, JobContext, JobProcess, cli, room_io, utils
 
+from assistant import Assistant
 from chat import CHAT_TOPIC, TypedMessages, announce_message_limit
 from config import ConfigError, Settings, get_settings
 from held_turns import HeldTurns
 from observability.avatar_metrics import AvatarMetricsRecorder
 from observability.prometheus import prometheus_options, watch_for_dead_processes
 from observability.tracing import AvatarTracer, configure_tracing, flush_traces
+from providers.avatar_controls import AvatarControls, avatar_abilities
 from providers.lifecycle import JobTimeline
 from providers.registry import avatar_for_job, livekit_credentials, provider_api_url
 from providers.room_connect import connect_once
@@ -79,6 +82,7 @@ async def run_job(ctx: JobContext, settings: Settings, voice: VoicePipeline) -> 
     # the avatar cannot start, join or stay, the agent speaks in its own voice. (`console` has no
     # LiveKit room, so no avatar either.)
     avatar: AvatarSupervisor | None = None
+    controls: AvatarControls | None = None
     if not ctx.is_fake_job():
         # The room remembers its job and avatars; what a dead job left in it is ended first.
         if (memory := await claim_room(ctx, settings)) is None:
@@ -98,6 +102,7 @@ async def run_job(ctx: JobContext, settings: Settings, voice: VoicePipeline) -> 
         ctx.proc.userdata[JOB_AVATAR] = avatar  # ended by end_of_session, before the room is left
         ctx.add_shutdown_callback(avatar.aclose)
         avatar.start()
+        controls = AvatarControls(ctx.room, avatar, avatar_abilities(settings))
     ctx.add_shutdown_callback(flush_traces)
 
     # When the conversation is over (the user left, the room went away), the job is over.
@@ -111,7 +116,11 @@ async def run_job(ctx: JobContext, settings: Settings, voice: VoicePipeline) -> 
     ctx.room.register_byte_stream_handler(CHAT_TOPIC, typed.file_sent(session))
     await asyncio.gather(
         connect(),
-        session.start(agent=voice.create_agent(), room=ctx.room, room_options=room_options),
+        session.start(
+            agent=Assistant(instructions=settings.agent_instructions, avatar=controls),
+            room=ctx.room,
+            room_options=room_options,
+        ),
     )
     timeline.mark("session_started")
     if avatar is None:
@@ -185,6 +194,7 @@ def preloaded_modules(settings: Settings) -> list[str]:
     is forked with them loaded instead of importing them itself, which a burst of jobs would pay
     once per new process."""
     modules = [
+        "assistant",
         "chat",
         "config",
         "held_turns",
