@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 from livekit import rtc
 from livekit.agents import AgentSession, ToolError, function_tool
-from livekit.agents.voice import RunResult
+from livekit.agents.voice.run_result import RunResult
 
 from assistant import Assistant
 from config import Settings
