@@ -1,4 +1,5 @@
-"""A LiveKit voice agent with a video avatar.
+"""A LiveKit voice agent with a video avatar. The assistant itself (its instructions and tools)
+is in assistant.py: start there to make it yours.
 
     python agent.py dev             # local development: debug logs, no CPU load limit
     python agent.py start           # production worker (LiveKit Cloud or self-hosted)
@@ -24,6 +25,7 @@ from typing import Any
 
 from livekit.agents import AgentServer, AutoSubscribe, JobContext, JobProcess, cli, room_io, utils
 
+from assistant import Assistant
 from chat import TypedMessages, announce_message_limit
 from config import ConfigError, Settings, get_settings
 from held_turns import HeldTurns
@@ -31,6 +33,7 @@ from observability.avatar_metrics import AvatarMetricsRecorder
 from observability.health import serve_health
 from observability.prometheus import prometheus_options, watch_for_dead_processes
 from observability.tracing import AvatarTracer, configure_tracing, flush_traces
+from providers.avatar_controls import AvatarControls, avatar_abilities
 from providers.lifecycle import JobTimeline
 from providers.registry import avatar_for_job, livekit_credentials, provider_api_url
 from providers.room_connect import connect_once
@@ -84,6 +87,7 @@ async def run_job(ctx: JobContext, settings: Settings, voice: VoicePipeline) -> 
     # the avatar cannot start, join or stay, the agent speaks in its own voice. (`console` has no
     # LiveKit room, so no avatar either.)
     avatar: AvatarSupervisor | None = None
+    controls: AvatarControls | None = None
     if not ctx.is_fake_job():
         # The room remembers its job and avatars; what a dead job left in it is ended first.
         if (memory := await claim_room(ctx, settings)) is None:
@@ -103,6 +107,7 @@ async def run_job(ctx: JobContext, settings: Settings, voice: VoicePipeline) -> 
         ctx.proc.userdata[JOB_AVATAR] = avatar  # ended by end_of_session, before the room is left
         ctx.add_shutdown_callback(avatar.aclose)
         avatar.start()
+        controls = AvatarControls(ctx.room, avatar, avatar_abilities(settings))
         await avatar.until_provider_called(PROVIDER_CALL_HEAD_START)
     ctx.add_shutdown_callback(flush_traces)
 
@@ -116,7 +121,11 @@ async def run_job(ctx: JobContext, settings: Settings, voice: VoicePipeline) -> 
 
     await asyncio.gather(
         connect(),
-        session.start(agent=voice.create_agent(), room=ctx.room, room_options=room_options),
+        session.start(
+            agent=Assistant(instructions=settings.agent_instructions, avatar=controls),
+            room=ctx.room,
+            room_options=room_options,
+        ),
     )
     typed.listen(session, ctx.room)
     timeline.mark("session_started")
@@ -191,6 +200,7 @@ def preloaded_modules(settings: Settings) -> list[str]:
     is forked with them loaded instead of importing them itself, which a burst of jobs would pay
     once per new process."""
     modules = [
+        "assistant",
         "chat",
         "config",
         "held_turns",

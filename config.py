@@ -155,6 +155,9 @@ class Settings(BaseModel):
     # Seconds of silence before LemonSlice ends the session. Positive only: the provider reads a
     # negative value as "never", and a session that never idles out bills until its length cap.
     lemonslice_idle_timeout: int | None = Field(default=None, ge=1)
+    # The actions (pose triggers) set up on the LemonSlice agent, comma-separated: the gesture tool
+    # offers these names to the LLM and sends the one it picks. None set: no gesture tool.
+    lemonslice_actions: tuple[str, ...] = ()
 
     # Anam
     anam_api_key: SecretStr | None = None
@@ -220,6 +223,13 @@ class Settings(BaseModel):
     def _blank_is_unset(cls, value: Any) -> Any:
         if isinstance(value, str) and not value.strip():
             return None
+        return value
+
+    @field_validator("lemonslice_actions", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(name.strip() for name in value.split(",") if name.strip())
         return value
 
     @field_validator(

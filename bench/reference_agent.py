@@ -24,6 +24,7 @@ from livekit.agents import AgentServer, JobContext, cli
 from livekit.agents.voice.avatar import AvatarSession
 from livekit.plugins import anam, lemonslice
 
+from assistant import Assistant
 from bench.voice import install_from_environment
 from speech.pipeline import OfflineVoice
 
@@ -67,7 +68,7 @@ async def entrypoint(ctx: JobContext) -> None:
     avatar = _avatar(os.environ.get("REFERENCE_PROVIDER", ""))
     await avatar.start(session, room=ctx.room)
 
-    await session.start(agent=voice.create_agent(), room=ctx.room)
+    await session.start(agent=Assistant(), room=ctx.room)
     session.say(voice.greeting, allow_interruptions=False)
 
 

@@ -406,6 +406,11 @@ class AvatarSupervisor:
         method("track_unpublished", self._on_track_unpublished)
         method("disconnected", self._on_room_disconnected)
 
+    @property
+    def live_avatar(self) -> ProviderAvatarSession | None:
+        """The provider session whose avatar is in the room now (speech goes to it), if any."""
+        return self._avatar if self._live_identity() is not None else None
+
     def _live_identity(self) -> str | None:
         if self._state is AvatarState.LIVE and self._avatar is not None:
             return self._avatar.identity

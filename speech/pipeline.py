@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 from urllib.parse import urlparse
 
-from livekit.agents import Agent, AgentSession, inference
+from livekit.agents import AgentSession, inference
 
 from config import Settings
 from observability import health
@@ -47,14 +47,13 @@ DECODER_SERVER_HEALTH = "speech decoder server"
 
 
 class VoicePipeline(Protocol):
-    """What a job needs from the voice: the session, the agent, and how to open the conversation."""
+    """What a job needs from the voice: the session and how to open the conversation. The agent
+    itself (instructions and tools) is the same for both voices: assistant.py."""
 
     @property
     def mode(self) -> Literal["cloud", "offline"]: ...
 
     def create_session(self) -> AgentSession[Any]: ...
-
-    def create_agent(self) -> Agent: ...
 
     async def greet(self, session: AgentSession[Any]) -> None: ...
 
@@ -90,9 +89,6 @@ class CloudVoice:
             },
         )
 
-    def create_agent(self) -> Agent:
-        return Agent(instructions=self.settings.agent_instructions)
-
     async def greet(self, session: AgentSession[Any]) -> None:
         await session.generate_reply(
             instructions=self.settings.agent_greeting, allow_interruptions=GREETING_INTERRUPTIBLE
@@ -127,9 +123,6 @@ class OfflineVoice:
                 },
             },
         )
-
-    def create_agent(self) -> Agent:
-        return Agent(instructions="Answer with the offline responder.")
 
     async def greet(self, session: AgentSession[Any]) -> None:
         await session.say(self.greeting, allow_interruptions=GREETING_INTERRUPTIBLE)

@@ -7,6 +7,7 @@ it is rather than pretending to understand.
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from datetime import datetime
 from typing import Any, Never
 
 from livekit.agents import llm
+from livekit.agents.llm.tool_context import FunctionTool, RawFunctionTool
 from livekit.agents.types import (
     DEFAULT_API_CONNECT_OPTIONS,
     NOT_GIVEN,
@@ -108,6 +110,49 @@ def reply_to(text: str, *, now: Callable[[], datetime] = datetime.now) -> str:
     return f"You said: {said}"
 
 
+def tool_call_for(text: str, tools: list[llm.Tool]) -> llm.FunctionToolCall | None:
+    """The tool a message asks for, as a language model would call it, or None.
+
+    A word that is one of a tool's allowed values calls it with that value ("wave" calls
+    play_gesture with gesture "wave"); a tool's name said as words ("current date") calls it with
+    no arguments.
+    """
+    words = _words(text)
+    for tool in tools:
+        if isinstance(tool, RawFunctionTool):
+            name, arguments = tool.info.name, _choice_from_words(tool.info.raw_schema, words)
+        elif isinstance(tool, FunctionTool):
+            name, arguments = tool.info.name, None
+        else:
+            continue
+        if arguments is None and _has_phrase(words, name.replace("_", " ")):
+            arguments = {}
+        if arguments is not None:
+            return llm.FunctionToolCall(
+                name=name,
+                arguments=json.dumps(arguments),
+                call_id=f"offline-{uuid.uuid4().hex[:8]}",
+            )
+    return None
+
+
+def _choice_from_words(raw_schema: dict[str, Any], words: list[str]) -> dict[str, str] | None:
+    parameters = raw_schema.get("parameters", {})
+    required = parameters.get("required", [])
+    if len(required) != 1:
+        return None
+    allowed = parameters.get("properties", {}).get(required[0], {}).get("enum", [])
+    said = next((word for word in words if word in allowed), None)
+    return {required[0]: said} if said is not None else None
+
+
+def reply_to_tool(output: llm.FunctionCallOutput) -> str:
+    """What the responder says once a tool it called has answered."""
+    if output.is_error:
+        return f"I could not do that: {output.output}"
+    return output.output or "Done."
+
+
 def last_user_text(chat_ctx: llm.ChatContext) -> str:
     for item in reversed(chat_ctx.items):
         if item.type == "message" and item.role == "user":
@@ -140,9 +185,17 @@ class OfflineResponder(llm.LLM[Never]):
         tool_choice: NotGivenOr[llm.ToolChoice] = NOT_GIVEN,
         extra_kwargs: NotGivenOr[dict[str, Any]] = NOT_GIVEN,
     ) -> ResponderStream:
-        reply = reply_to(last_user_text(chat_ctx), now=self._now)
+        tools = tools or []
+        last = chat_ctx.items[-1] if chat_ctx.items else None
+        answer: str | llm.FunctionToolCall | None = None
+        if isinstance(last, llm.FunctionCallOutput):
+            answer = reply_to_tool(last)  # the framework ran the tool we called: say how it went
+        else:
+            answer = tool_call_for(last_user_text(chat_ctx), tools)
+        if answer is None:
+            answer = reply_to(last_user_text(chat_ctx), now=self._now)
         return ResponderStream(
-            self, reply, chat_ctx=chat_ctx, tools=tools or [], conn_options=conn_options
+            self, answer, chat_ctx=chat_ctx, tools=tools, conn_options=conn_options
         )
 
 
@@ -150,19 +203,31 @@ class ResponderStream(llm.LLMStream):
     def __init__(
         self,
         responder: OfflineResponder,
-        reply: str,
+        answer: str | llm.FunctionToolCall,
         *,
         chat_ctx: llm.ChatContext,
         tools: list[llm.Tool],
         conn_options: APIConnectOptions,
     ) -> None:
         super().__init__(responder, chat_ctx=chat_ctx, tools=tools, conn_options=conn_options)
-        self._reply = reply
+        self._answer = answer
 
     async def _run(self) -> None:
         chunk_id = f"offline-{uuid.uuid4().hex[:12]}"
+        if isinstance(self._answer, llm.FunctionToolCall):
+            # A tool call, as a model sends one: the framework runs the tool and asks us again.
+            self._event_ch.send_nowait(
+                llm.ChatChunk(
+                    id=chunk_id,
+                    delta=llm.ChoiceDelta(role="assistant", tool_calls=[self._answer]),
+                )
+            )
+            return
+        self._stream_words(chunk_id, self._answer)
+
+    def _stream_words(self, chunk_id: str, reply: str) -> None:
         # Word by word, as a model streams: the TTS can start on the first sentence.
-        for index, word in enumerate(self._reply.split(" ")):
+        for index, word in enumerate(reply.split(" ")):
             self._event_ch.send_nowait(
                 llm.ChatChunk(
                     id=chunk_id,
@@ -172,7 +237,7 @@ class ResponderStream(llm.LLMStream):
                 )
             )
         prompt_tokens = len(last_user_text(self._chat_ctx).split())
-        completion_tokens = len(self._reply.split())
+        completion_tokens = len(reply.split())
         self._event_ch.send_nowait(
             llm.ChatChunk(
                 id=chunk_id,

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from assistant import Assistant
 from chat import TypedMessages
 from held_turns import HeldTurns
 from speech.pipeline import OFFLINE_GREETING, OfflineVoice
@@ -27,7 +28,7 @@ async def conversation() -> AsyncIterator[Conversation]:
     session.output.audio = loudspeaker
     talk = Conversation(session, microphone)
     held = HeldTurns(session)
-    await session.start(agent=voice.create_agent())
+    await session.start(agent=Assistant())
     try:
         yield talk
     finally:

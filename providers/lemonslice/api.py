@@ -154,6 +154,35 @@ class LemonSliceAPI:
                 status_code=200,
             )
 
+    async def trigger_pose(self, session_id: str, action: str) -> None:
+        """Play one of the avatar's actions (a gesture configured on the LemonSlice agent)."""
+        await self._control(session_id, {"event": "pose-trigger", "pose_trigger": {"name": action}})
+
+    async def update_agent_prompt(self, session_id: str, agent_prompt: str) -> None:
+        """Change the avatar's manner (how it moves and looks while it talks) mid-call."""
+        await self._control(
+            session_id, {"event": "update-agent-prompt", "agent_prompt": agent_prompt}
+        )
+
+    async def update_image(self, session_id: str, image_url: str) -> None:
+        """Change the avatar's face to the image at `image_url` mid-call."""
+        await self._control(session_id, {"event": "update-image", "image_url": image_url})
+
+    async def _control(self, session_id: str, event: dict[str, Any]) -> None:
+        name = event["event"]
+        reply = await self._http.post_json(
+            f"{self._session_url(session_id)}/control",
+            event,
+            headers=self._headers,
+            operation=f"control {name}",
+        )
+        if reply.get("success") is not True:
+            raise ProviderProtocolError(
+                f"lemonslice control {name}: the reply does not say success",
+                provider=PROVIDER,
+                status_code=200,
+            )
+
     async def session_status(self, session_id: str) -> str:
         reply = await self._http.get_json(
             self._session_url(session_id), headers=self._headers, operation="session status"

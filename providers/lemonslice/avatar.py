@@ -32,5 +32,19 @@ class LemonSliceAvatarSession(ProviderAvatarSession):
             deadline=request.deadline,
         )
 
+    async def play_gesture(self, action: str) -> None:
+        await self._api.trigger_pose(self._live_session_id(), action)
+
+    async def change_manner(self, prompt: str) -> None:
+        await self._api.update_agent_prompt(self._live_session_id(), prompt)
+
+    async def change_face(self, image_url: str) -> None:
+        await self._api.update_image(self._live_session_id(), image_url)
+
+    def _live_session_id(self) -> str:
+        if self.session_id is None:
+            raise RuntimeError("the lemonslice session has not started")
+        return self.session_id
+
     async def _stop_provider(self, session_id: str, deadline: float) -> None:
         await self._api.terminate(session_id, deadline=deadline)

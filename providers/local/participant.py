@@ -27,6 +27,7 @@ from livekit.agents import utils
 from livekit.agents.voice.avatar import AudioSegmentEnd, DataStreamAudioReceiver
 from livekit.agents.voice.io import PlaybackFinishedEvent
 
+from .gestures import LOCAL_GESTURES, RPC_PLAY_GESTURE, Gesture
 from .video import FaceRenderer, speech_level
 
 logger = logging.getLogger(__name__)
@@ -334,6 +335,7 @@ class LocalAvatarParticipant:
         self._listening = asyncio.Event()
         self._clear_generation = 0
         self._frame_rendered = asyncio.Event()  # replaced by a new one after each frame
+        self._requested_gesture: str | None = None  # drawn from the next frame on
 
     def __repr__(self) -> str:
         return f"LocalAvatarParticipant(identity={self._identity!r}, url={self._url!r})"
@@ -393,6 +395,7 @@ class LocalAvatarParticipant:
                 room, self._url, self._token, rtc.RoomOptions(auto_subscribe=False)
             )
             self._identity = room.local_participant.identity
+            room.local_participant.register_rpc_method(RPC_PLAY_GESTURE, self._on_gesture_rpc)
             self._audio_source = rtc.AudioSource(
                 self._options.audio_sample_rate, 1, queue_size_ms=_AUDIO_QUEUE_MS
             )
@@ -534,6 +537,15 @@ class LocalAvatarParticipant:
         )
         return agent.identity
 
+    def _on_gesture_rpc(self, data: rtc.RpcInvocationData) -> str:
+        if data.payload not in LOCAL_GESTURES:
+            raise rtc.RpcError(
+                rtc.RpcError.ErrorCode.APPLICATION_ERROR,
+                f"unknown gesture; this avatar plays {', '.join(LOCAL_GESTURES)}",
+            )
+        self._requested_gesture = data.payload
+        return "playing"
+
     def _on_clear_buffer(self) -> None:
         self._clear_generation += 1
         unheard = 0.0
@@ -565,6 +577,7 @@ class LocalAvatarParticipant:
         tick = 0
         samples_sent = 0
         shown_level = 0.0
+        gesture: Gesture | None = None
         while True:
             queued = audio_source.queued_duration
             if queued < _AUDIO_LEAD_S / 2:
@@ -592,7 +605,10 @@ class LocalAvatarParticipant:
                 heard_level = timeline.popleft()[1]
             # Open the mouth at once, close it gradually.
             shown_level = max(heard_level, 0.6 * shown_level)
-            video_source.capture_frame(self._renderer.render(shown_level, now - animation_start))
+            t = now - animation_start
+            if self._requested_gesture is not None:
+                gesture, self._requested_gesture = Gesture(self._requested_gesture, t), None
+            video_source.capture_frame(self._renderer.render(shown_level, t, gesture))
             self._counters.video_frames += 1
             rendered, self._frame_rendered = self._frame_rendered, asyncio.Event()
             rendered.set()

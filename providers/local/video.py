@@ -12,6 +12,8 @@ import numpy as np
 import numpy.typing as npt
 from livekit import rtc
 
+from .gestures import FaceGeometry, Gesture, draw_gesture, gesture_region
+
 RGBA = tuple[int, int, int, int]
 Image = npt.NDArray[np.uint8]
 
@@ -60,19 +62,25 @@ class FaceRenderer:
         _fill_ellipse(image, self._cx, self._cy, self._radius, self._radius * 1.08, _FACE)
         return image
 
-    def render(self, level: float, t: float) -> rtc.VideoFrame:
-        """The frame at time `t` seconds with speech loudness `level`."""
-        image = self.render_array(level, t)
+    @property
+    def face(self) -> FaceGeometry:
+        return FaceGeometry(self._cx, self._cy, self._radius)
+
+    def render(self, level: float, t: float, gesture: Gesture | None = None) -> rtc.VideoFrame:
+        """The frame at time `t` seconds with speech loudness `level`, and `gesture` if it is on."""
+        image = self.render_array(level, t, gesture)
         # A flat view: the frame then wraps the array's buffer instead of copying it.
         return rtc.VideoFrame(
             self.width, self.height, rtc.VideoBufferType.RGBA, image.reshape(-1).data
         )
 
-    def render_array(self, level: float, t: float) -> Image:
+    def render_array(self, level: float, t: float, gesture: Gesture | None = None) -> Image:
         level = min(1.0, max(0.0, level))
         image = self._background.copy()
         self._draw_eyes(image, t)
         self._draw_mouth(image, level, t)
+        if gesture is not None:
+            draw_gesture(image, gesture, t, self.face)
         self._draw_level_bar(image, level)
         return image
 
@@ -103,6 +111,10 @@ class FaceRenderer:
         bar_width = round(self.width * level)
         if bar_width > 0:
             image[self.height - bar_height :, :bar_width] = _LEVEL_BAR
+
+    def gesture_region(self, name: str) -> tuple[slice, slice]:
+        """Rows and columns that `name` draws in (for tests and diagnostics)."""
+        return gesture_region(name, self.face, self.width, self.height)
 
     def mouth_region(self) -> tuple[slice, slice]:
         """Rows and columns that hold the mouth at any level (for tests and diagnostics)."""

@@ -24,6 +24,7 @@ from livekit.agents import AgentSession, llm
 from livekit.agents.voice import io
 from livekit.agents.voice.events import ConversationItemAddedEvent
 
+from assistant import Assistant
 from config import Settings
 from speech.pipeline import OFFLINE_GREETING, OfflineVoice, build_voice
 from speech.responder import WHO_AM_I
@@ -143,7 +144,7 @@ async def conversation() -> AsyncIterator[Conversation]:
     session.input.audio = microphone
     session.output.audio = loudspeaker
     talk = Conversation(session, microphone)
-    await session.start(agent=voice.create_agent())
+    await session.start(agent=Assistant())
     try:
         yield talk
     finally:

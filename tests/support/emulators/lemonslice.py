@@ -123,6 +123,8 @@ class LemonSliceEmulator(EmulatorServer):
         if event == "terminate":
             check_keys(body, where="", required=("event",))
             await self.terminate_session(session)
+        else:
+            _validate_avatar_control(event, body)
         return Reply(200, {"success": True}, success_field="success")
 
     async def _status(self, request: web.Request, record: RecordedRequest) -> Reply:
@@ -142,6 +144,29 @@ class LemonSliceEmulator(EmulatorServer):
             return self.session(request.match_info["session_id"])
         except KeyError:
             raise Rejected(404, "session not found") from None
+
+
+def _validate_avatar_control(event: str, body: dict[str, Any]) -> None:
+    """The control events that change the avatar mid-call, as the OpenAPI schema has them."""
+    if event == "pose-trigger":
+        check_keys(body, where="", required=("event", "pose_trigger"))
+        pose = sub_object(body, "pose_trigger", where="")
+        check_keys(pose, where="pose_trigger", required=("name",))
+        check_str(pose, "name", where="pose_trigger")
+    elif event == "update-agent-prompt":
+        check_keys(body, where="", required=("event", "agent_prompt"))
+        check_str(body, "agent_prompt", where="", non_empty=False)
+    elif event == "update-idle-prompt":
+        check_keys(body, where="", required=("event", "idle_prompt"))
+        check_str(body, "idle_prompt", where="", non_empty=False)
+    elif event == "update-image":
+        check_keys(body, where="", required=("event",), optional=("image_url", "image_base64"))
+        if ("image_url" in body) == ("image_base64" in body):
+            raise Rejected(400, "set exactly one of image_url or image_base64")
+        if "image_url" in body:
+            check_url(body, "image_url", ("http", "https"), where="")
+        else:
+            check_str(body, "image_base64", where="")
 
 
 def _validate_create(body: dict[str, Any], *, require_jwt: bool) -> dict[str, Any]:
