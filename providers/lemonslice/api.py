@@ -222,7 +222,11 @@ async def join_meeting(
 
 
 async def leave_meeting(
-    lemonslice: LemonSliceAPI, session_id: str, meeting_bot_id: str, *, deadline: float | None = None
+    lemonslice: LemonSliceAPI,
+    session_id: str,
+    meeting_bot_id: str,
+    *,
+    deadline: float | None = None,
 ) -> None:
     """Take the bot out of the meeting. A 404 means it is gone already (session or bot ended)."""
     try:

@@ -69,7 +69,9 @@ async def relay_server() -> AsyncIterator[RelayServer]:
 
 
 def pcm_frame(sample_rate: int, channels: int, samples: int, value: int = 1000) -> bytes:
-    return struct.pack("<IB", sample_rate, channels) + struct.pack("<h", value) * (samples * channels)
+    return struct.pack("<IB", sample_rate, channels) + struct.pack("<h", value) * (
+        samples * channels
+    )
 
 
 class Heard:
