@@ -35,7 +35,7 @@ from ._checks import (
 from ._meetings import EmulatedMeeting, broadcast_grants, validate_join
 from ._records import RecordedRequest
 from ._server import EmulatorServer, Reply
-from ._sessions import AvatarLauncher, EmulatedSession, Provider
+from ._sessions import LIVE_STATUSES, AvatarLauncher, EmulatedSession, Provider
 
 SESSIONS_PATH: Final = "/api/liveai/sessions"
 DEFAULT_SAMPLE_RATE: Final = 16000
@@ -138,7 +138,7 @@ class LemonSliceEmulator(EmulatorServer):
         body = json_object_body(record)
         validate_join(body, session.session_id, require_jwt=self._require_jwt)
         grants = broadcast_grants(body["broadcast_token"]) if self._require_jwt else {}
-        if session.status != "ACTIVE":
+        if session.status not in LIVE_STATUSES:  # a queued session may join: its avatar follows
             raise Rejected(409, "session is not active")
         if any(m.present and m.session_id == session.session_id for m in self._meetings.values()):
             raise Rejected(409, "session is already in a meeting")
