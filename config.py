@@ -24,6 +24,8 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ProviderName = Literal["local", "lemonslice", "anam"]
+LemonSliceModel = Literal["flash", "lite", "pro"]
+LemonSliceAspectRatio = Literal["1x1", "2x3", "9x16"]
 # Anam: "direct" starts the engine session with the API key in one call; "two_step" first exchanges
 # the key for a session token (one more round trip).
 AnamSessionFlow = Literal["two_step", "direct"]
@@ -158,6 +160,15 @@ class Settings(BaseModel):
     # The actions (pose triggers) set up on the LemonSlice agent, comma-separated: the gesture tool
     # offers these names to the LLM and sends the one it picks. None set: no gesture tool.
     lemonslice_actions: tuple[str, ...] = ()
+    # The LemonSlice model the avatar runs on (unset: LemonSlice's default).
+    lemonslice_model: LemonSliceModel | None = None
+    # Seconds LemonSlice waits after the last speech chunk before it counts the answer as done.
+    lemonslice_response_done_timeout: float | None = Field(default=None, gt=0, le=60)
+    lemonslice_aspect_ratio: LemonSliceAspectRatio | None = None
+    # An external meeting (Zoom, Google Meet, Teams, Webex) the avatar joins; the agent then hears
+    # the meeting (its audio and chat) instead of the room.
+    lemonslice_meeting_url: str | None = Field(default=None, repr=False)  # may carry a passcode
+    lemonslice_meeting_bot_name: str | None = Field(default=None, min_length=1, max_length=100)
 
     # Anam
     anam_api_key: SecretStr | None = None
@@ -206,11 +217,21 @@ class Settings(BaseModel):
     def _image_url(cls, value: str | None) -> str | None:
         return _check_url(value, ("http", "https"))
 
+    @field_validator("lemonslice_meeting_url")
+    @classmethod
+    def _meeting_url(cls, value: str | None) -> str | None:
+        return _check_url(value, ("https",))
+
     @field_validator(
         "lemonslice_agent_id",
         "lemonslice_agent_image_url",
         "lemonslice_agent_prompt",
         "lemonslice_agent_idle_prompt",
+        "lemonslice_model",
+        "lemonslice_aspect_ratio",
+        "lemonslice_meeting_url",
+        "lemonslice_meeting_bot_name",
+        "lemonslice_response_done_timeout",
         "anam_avatar_id",
         "anam_avatar_model",
         "avatar_identity",
@@ -302,7 +323,12 @@ def _cross_field_problems(settings: Settings) -> list[str]:
             problems.append(
                 "LEMONSLICE_AGENT_ID or LEMONSLICE_AGENT_IMAGE_URL: neither set; set exactly one"
             )
-    elif provider == "anam":
+    if provider != "lemonslice" and settings.lemonslice_meeting_url is not None:
+        problems.append(
+            "LEMONSLICE_MEETING_URL: set, but AVATAR_PROVIDER is not lemonslice "
+            "(only the LemonSlice avatar joins external meetings)"
+        )
+    if provider == "anam":
         if settings.anam_api_key is None:
             problems.append("ANAM_API_KEY: missing (AVATAR_PROVIDER is anam)")
         if settings.anam_avatar_id is None:

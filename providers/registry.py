@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import aiohttp
 from livekit import rtc
@@ -19,6 +20,7 @@ from .http import ProviderHttp
 from .lemonslice import api as lemonslice_api
 from .lemonslice.avatar import DEFAULT_IDENTITY as LEMONSLICE_IDENTITY
 from .lemonslice.avatar import LemonSliceAvatarSession
+from .lemonslice.meeting import MeetingPlan
 from .lifecycle import JobTimeline
 from .retry import RetryPolicy
 from .session import AvatarOptions, LiveKitCredentials
@@ -65,6 +67,31 @@ def _avatar_url(settings: Settings) -> str:
     return url
 
 
+def lemonslice_pass_through(settings: Settings) -> dict[str, Any]:
+    """Create-body fields the plugin forwarded as its extra keyword arguments; unset ones are left out."""
+    fields = {
+        "model": settings.lemonslice_model,
+        "response_done_timeout": settings.lemonslice_response_done_timeout,
+        "aspect_ratio": settings.lemonslice_aspect_ratio,
+    }
+    return {key: value for key, value in fields.items() if value is not None}
+
+
+def lemonslice_meeting_plan(settings: Settings) -> MeetingPlan | None:
+    if settings.lemonslice_meeting_url is None:
+        return None
+    assert settings.livekit_api_key is not None and settings.livekit_api_secret is not None
+    return MeetingPlan(
+        meeting_url=settings.lemonslice_meeting_url,
+        bot_name=settings.lemonslice_meeting_bot_name,
+        livekit=LiveKitCredentials(
+            url=_avatar_url(settings),
+            api_key=settings.livekit_api_key.get_secret_value(),
+            api_secret=settings.livekit_api_secret.get_secret_value(),
+        ),
+    )
+
+
 def _lemonslice(settings: Settings, session: aiohttp.ClientSession) -> ProviderSetup:
     assert settings.lemonslice_api_key is not None
     http = ProviderHttp(
@@ -84,14 +111,16 @@ def _lemonslice(settings: Settings, session: aiohttp.ClientSession) -> ProviderS
         agent_prompt=settings.lemonslice_agent_prompt,
         agent_idle_prompt=settings.lemonslice_agent_idle_prompt,
         idle_timeout=settings.lemonslice_idle_timeout,
+        extra_payload=lemonslice_pass_through(settings),
     )
+    plan = lemonslice_meeting_plan(settings)
     return ProviderSetup(
         name=lemonslice_api.PROVIDER,
         sample_rate=LemonSliceAvatarSession.sample_rate,
         options=avatar_options(settings, LEMONSLICE_IDENTITY),
         livekit_url=_avatar_url(settings),
         new_session=lambda identity, options: LemonSliceAvatarSession(
-            api=client, agent=agent, identity=identity, options=options
+            api=client, agent=agent, identity=identity, options=options, meeting_plan=plan
         ),
         possible_orphans=lambda: len(http.possible_orphans),
     )

@@ -114,6 +114,12 @@ def test_every_problem_is_named_in_one_error(monkeypatch: pytest.MonkeyPatch) ->
         ("LEMONSLICE_IDLE_TIMEOUT", "-1", "LEMONSLICE_IDLE_TIMEOUT"),
         ("LEMONSLICE_IDLE_TIMEOUT", "0", "LEMONSLICE_IDLE_TIMEOUT"),
         ("VOICE_MODE", "telepathy", "VOICE_MODE"),
+        ("LEMONSLICE_MODEL", "ultra", "LEMONSLICE_MODEL"),
+        ("LEMONSLICE_RESPONSE_DONE_TIMEOUT", "0", "LEMONSLICE_RESPONSE_DONE_TIMEOUT"),
+        ("LEMONSLICE_RESPONSE_DONE_TIMEOUT", "soon", "LEMONSLICE_RESPONSE_DONE_TIMEOUT"),
+        ("LEMONSLICE_ASPECT_RATIO", "16x9", "LEMONSLICE_ASPECT_RATIO"),
+        # a meeting link is joined over https only
+        ("LEMONSLICE_MEETING_URL", "http://zoom.us/j/1", "LEMONSLICE_MEETING_URL"),
         # the API key in clear text over the network
         ("LEMONSLICE_API_URL", "http://lemonslice.com/api/liveai/sessions", "LEMONSLICE_API_URL"),
         ("ANAM_API_URL", "http://10.0.0.7:8080", "ANAM_API_URL"),
@@ -239,3 +245,25 @@ def test_a_blank_agent_name_falls_back_to_the_default(monkeypatch: pytest.Monkey
     assert load_settings().agent_name == "avatar-agent"
     with pytest.raises(ConfigError, match="AGENT_NAME"):
         load_settings(agent_name="")
+
+
+def test_only_the_lemonslice_avatar_joins_a_meeting(monkeypatch: pytest.MonkeyPatch) -> None:
+    problems = problems_of(
+        monkeypatch,
+        ANAM_API_KEY="anam-secret-key-0002",
+        ANAM_AVATAR_ID="avatar-1",
+        LEMONSLICE_MEETING_URL="https://zoom.us/j/1",
+    )
+    assert [p.split(":")[0] for p in problems] == ["LEMONSLICE_MEETING_URL"]
+
+
+def test_the_meeting_url_stays_out_of_the_repr(monkeypatch: pytest.MonkeyPatch) -> None:
+    configure(
+        monkeypatch,
+        LEMONSLICE_API_KEY="ls-secret-key-0001",
+        LEMONSLICE_AGENT_ID="agent-1",
+        LEMONSLICE_MEETING_URL="https://zoom.us/j/1?pwd=meeting-passcode",
+    )
+    settings = load_settings()
+    assert settings.lemonslice_meeting_url == "https://zoom.us/j/1?pwd=meeting-passcode"
+    assert "meeting-passcode" not in repr(settings) + str(settings)

@@ -4,15 +4,20 @@ Routes (names for `inject` / `requests_for`):
   "create":  POST {sessions_url}                  -> 201 {"session_id"}
   "control": POST {sessions_url}/{id}/control     -> {"success": true}
   "status":  GET  {sessions_url}/{id}             -> {"session_status"}
+  "join_meeting":  POST {sessions_url}/{id}/join-meeting  -> {"meeting_bot_id", "websocket_url"}
+  "leave_meeting": POST {sessions_url}/{id}/leave-meeting -> {"success": true}
+  (not a provider route) GET /meeting-relay/{bot_id}: the meeting's audio and chat, a WebSocket
 Every route needs the X-API-Key header. Errors are {"detail": "<text>"}.
 """
 
 from __future__ import annotations
 
 import hmac
+import uuid
 from typing import Any, Final
 
 from aiohttp import web
+from yarl import URL
 
 from ._checks import (
     Rejected,
@@ -27,9 +32,10 @@ from ._checks import (
     json_object_body,
     sub_object,
 )
+from ._meetings import EmulatedMeeting, broadcast_grants, validate_join
 from ._records import RecordedRequest
 from ._server import EmulatorServer, Reply
-from ._sessions import AvatarLauncher, EmulatedSession, Provider
+from ._sessions import LIVE_STATUSES, AvatarLauncher, EmulatedSession, Provider
 
 SESSIONS_PATH: Final = "/api/liveai/sessions"
 DEFAULT_SAMPLE_RATE: Final = 16000
@@ -72,7 +78,7 @@ class LemonSliceEmulator(EmulatorServer):
         connect_latency: float = 0.0,
     ) -> None:
         super().__init__(
-            routes=("create", "control", "status"),
+            routes=("create", "control", "status", "join_meeting", "leave_meeting"),
             avatar_launcher=avatar_launcher,
             latency=latency,
             connect_latency=connect_latency,
@@ -82,6 +88,8 @@ class LemonSliceEmulator(EmulatorServer):
         self.add_route("POST", SESSIONS_PATH, "create", self._create)
         self.add_route("POST", SESSIONS_PATH + "/{session_id}/control", "control", self._control)
         self.add_route("GET", SESSIONS_PATH + "/{session_id}", "status", self._status)
+        self._meetings: dict[str, EmulatedMeeting] = {}
+        self._add_meeting_routes()
 
     @property
     def sessions_url(self) -> str:
@@ -96,6 +104,90 @@ class LemonSliceEmulator(EmulatorServer):
             "LEMONSLICE_API_URL": self.sessions_url,
             "LEMONSLICE_AGENT_ID": agent_id,
         }
+
+    # -- external meetings ------------------------------------------------------------------------
+
+    @property
+    def meetings(self) -> tuple[EmulatedMeeting, ...]:
+        """Every meeting a bot joined, in order, including those it left."""
+        return tuple(self._meetings.values())
+
+    def meeting(self, meeting_bot_id: str) -> EmulatedMeeting:
+        return self._meetings[meeting_bot_id]
+
+    async def aclose(self) -> None:
+        for meeting in self._meetings.values():
+            await meeting.drop_relay()
+        await super().aclose()
+
+    def _add_meeting_routes(self) -> None:
+        self.add_route(
+            "POST", SESSIONS_PATH + "/{session_id}/join-meeting", "join_meeting", self._join_meeting
+        )
+        self.add_route(
+            "POST",
+            SESSIONS_PATH + "/{session_id}/leave-meeting",
+            "leave_meeting",
+            self._leave_meeting,
+        )
+        self._app.router.add_get("/meeting-relay/{meeting_bot_id}", self._meeting_relay)
+
+    async def _join_meeting(self, request: web.Request, record: RecordedRequest) -> Reply:
+        self._authenticate(record)
+        session = self._find_session(request)
+        body = json_object_body(record)
+        validate_join(body, session.session_id, require_jwt=self._require_jwt)
+        grants = broadcast_grants(body["broadcast_token"]) if self._require_jwt else {}
+        if session.status not in LIVE_STATUSES:  # a queued session may join: its avatar follows
+            raise Rejected(409, "session is not active")
+        if any(m.present and m.session_id == session.session_id for m in self._meetings.values()):
+            raise Rejected(409, "session is already in a meeting")
+        meeting = EmulatedMeeting(
+            meeting_bot_id=f"bot-{uuid.uuid4()}",
+            session_id=session.session_id,
+            meeting_url=body["meeting_url"],
+            bot_name=body.get("bot_name"),
+            livekit_url=body["livekit_url"],
+            broadcast_grants=grants,
+        )
+        self._meetings[meeting.meeting_bot_id] = meeting
+        relay = URL(self.url).with_scheme("ws") / "meeting-relay" / meeting.meeting_bot_id
+        return Reply(
+            200,
+            {"meeting_bot_id": meeting.meeting_bot_id, "websocket_url": str(relay)},
+            success_field="meeting_bot_id",
+        )
+
+    async def _leave_meeting(self, request: web.Request, record: RecordedRequest) -> Reply:
+        self._authenticate(record)
+        session = self._find_session(request)
+        body = json_object_body(record)
+        check_keys(body, where="", required=("meeting_bot_id",))
+        bot_id = check_str(body, "meeting_bot_id", where="")
+        meeting = self._meetings.get(bot_id)
+        if meeting is None or meeting.session_id != session.session_id or not meeting.present:
+            raise Rejected(404, "meeting bot not found")
+        meeting.present = False
+        meeting.notify()
+        await meeting.drop_relay()
+        return Reply(200, {"success": True}, success_field="success")
+
+    async def _meeting_relay(self, request: web.Request) -> web.StreamResponse:
+        meeting = self._meetings.get(request.match_info["meeting_bot_id"])
+        if meeting is None or not meeting.present:
+            raise web.HTTPNotFound()
+        socket = web.WebSocketResponse()
+        await socket.prepare(request)
+        meeting.sockets.append(socket)
+        meeting.relay_connections += 1
+        meeting.notify()
+        try:
+            async for _ in socket:
+                pass  # the agent sends nothing on the relay
+        finally:
+            meeting.sockets.remove(socket)
+            meeting.notify()
+        return socket
 
     def error_body(self, status: int, message: str) -> dict[str, Any]:
         return {"detail": message}
