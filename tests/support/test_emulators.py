@@ -381,6 +381,11 @@ async def test_anam_direct_flow_takes_the_api_key_and_the_plugin_body(
         ({"presetStyle": "warm", "customStylePrompt": "calm"}, "mutually exclusive"),
         ({"mood": "happy"}, "directorNotes.mood"),
         ({"presetStyle": ""}, "presetStyle"),
+        ({"expressivity": -0.1}, "expressivity"),
+        ({"expressivity": "0.5"}, "expressivity"),
+        ({"expressivity": True}, "expressivity"),
+        ({"customStylePrompt": ""}, "customStylePrompt"),
+        ({"customStylePrompt": 7}, "customStylePrompt"),
     ],
 )
 async def test_anam_direct_flow_rejects_bad_director_notes_and_starts_nothing(
@@ -445,6 +450,12 @@ async def test_connect_latency_is_paid_once_per_connection() -> None:
         (_set("sessionOptions", {"videoWidth": 0, "videoHeight": 720}), "videoWidth"),
         (_set("sessionOptions", {"fps": 30}), "sessionOptions.fps"),
         (_set("sessionOptions", {"showAIAvatarDisclosure": "yes"}), "showAIAvatarDisclosure"),
+        (_set("sessionOptions", {"showAIAvatarDisclosure": 1}), "showAIAvatarDisclosure"),
+        (_set("sessionOptions", {"videoHeight": 1280}), "videoHeight"),
+        (_set("sessionOptions", {"videoWidth": "720", "videoHeight": 1280}), "videoWidth"),
+        (_set("sessionOptions", {"videoWidth": 720.5, "videoHeight": 1280}), "videoWidth"),
+        (_set("sessionOptions", {"videoWidth": 720, "videoHeight": -1}), "videoHeight"),
+        (_set("sessionOptions", []), "sessionOptions"),
         (_set("persona", {}), "persona"),
     ],
 )
