@@ -177,6 +177,14 @@ class Settings(BaseModel):
     anam_persona_name: str = "Assistant"
     anam_avatar_model: str | None = None
     anam_session_flow: AnamSessionFlow = "direct"
+    # Director notes: how strongly (0-1) the avatar acts out a preset style or a custom style prompt.
+    anam_expressivity: float | None = Field(default=None, ge=0, le=1)
+    anam_preset_style: str | None = None
+    anam_custom_style_prompt: str | None = None
+    # The session's output size in pixels, width and height together (unset: the model's default).
+    anam_video_width: int | None = Field(default=None, ge=1)
+    anam_video_height: int | None = Field(default=None, ge=1)
+    anam_show_ai_avatar_disclosure: bool | None = None
 
     # Voice pipeline (LiveKit Inference model strings)
     stt_model: str = "deepgram/nova-3"
@@ -234,6 +242,8 @@ class Settings(BaseModel):
         "lemonslice_response_done_timeout",
         "anam_avatar_id",
         "anam_avatar_model",
+        "anam_preset_style",
+        "anam_custom_style_prompt",
         "avatar_identity",
         "avatar_provider",
         "avatar_livekit_url",
@@ -333,6 +343,7 @@ def _cross_field_problems(settings: Settings) -> list[str]:
             problems.append("ANAM_API_KEY: missing (AVATAR_PROVIDER is anam)")
         if settings.anam_avatar_id is None:
             problems.append("ANAM_AVATAR_ID: missing (AVATAR_PROVIDER is anam)")
+        problems += _anam_option_problems(settings)
 
     needed = settings.avatar_start_timeout + settings.avatar_join_timeout
     if settings.avatar_token_ttl < needed:
@@ -342,6 +353,20 @@ def _cross_field_problems(settings: Settings) -> list[str]:
         )
     if provider in ("lemonslice", "anam"):
         problems += _avatar_reachability_problems(settings, provider)
+    return problems
+
+
+def _anam_option_problems(settings: Settings) -> list[str]:
+    problems: list[str] = []
+    if settings.anam_preset_style is not None and settings.anam_custom_style_prompt is not None:
+        problems.append(
+            "ANAM_PRESET_STYLE and ANAM_CUSTOM_STYLE_PROMPT: both set; Anam takes one style, set at most one"
+        )
+    has_width = settings.anam_video_width is not None
+    if has_width != (settings.anam_video_height is not None):
+        missing = "ANAM_VIDEO_HEIGHT" if has_width else "ANAM_VIDEO_WIDTH"
+        given = "ANAM_VIDEO_WIDTH" if has_width else "ANAM_VIDEO_HEIGHT"
+        problems.append(f"{missing}: missing ({given} is set; the video size needs both)")
     return problems
 
 

@@ -146,6 +146,16 @@ def _anam(settings: Settings, session: aiohttp.ClientSession) -> ProviderSetup:
         name=settings.anam_persona_name,
         avatar_id=settings.anam_avatar_id,
         avatar_model=settings.anam_avatar_model,
+        director_notes=anam_api.DirectorNotes(
+            expressivity=settings.anam_expressivity,
+            preset_style=settings.anam_preset_style,
+            custom_style_prompt=settings.anam_custom_style_prompt,
+        ),
+        session_options=anam_api.SessionOptions(
+            video_width=settings.anam_video_width,
+            video_height=settings.anam_video_height,
+            show_ai_avatar_disclosure=settings.anam_show_ai_avatar_disclosure,
+        ),
     )
     return ProviderSetup(
         name=anam_api.PROVIDER,

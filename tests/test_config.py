@@ -148,6 +148,52 @@ def test_anam_needs_its_avatar_id(monkeypatch: pytest.MonkeyPatch) -> None:
     assert problems == ["ANAM_AVATAR_ID: missing (AVATAR_PROVIDER is anam)"]
 
 
+ANAM = {"ANAM_API_KEY": "anam-secret-key-0002", "ANAM_AVATAR_ID": "a-1"}
+
+
+@pytest.mark.parametrize(
+    ("variables", "expected"),
+    [
+        ({"ANAM_EXPRESSIVITY": "1.5"}, ["ANAM_EXPRESSIVITY"]),
+        ({"ANAM_EXPRESSIVITY": "-0.1"}, ["ANAM_EXPRESSIVITY"]),
+        ({"ANAM_EXPRESSIVITY": "lively"}, ["ANAM_EXPRESSIVITY"]),
+        (
+            {"ANAM_PRESET_STYLE": "warm", "ANAM_CUSTOM_STYLE_PROMPT": "calm and slow"},
+            ["ANAM_PRESET_STYLE and ANAM_CUSTOM_STYLE_PROMPT"],
+        ),
+        ({"ANAM_VIDEO_WIDTH": "720"}, ["ANAM_VIDEO_HEIGHT"]),
+        ({"ANAM_VIDEO_HEIGHT": "1280"}, ["ANAM_VIDEO_WIDTH"]),
+        ({"ANAM_VIDEO_WIDTH": "0", "ANAM_VIDEO_HEIGHT": "1280"}, ["ANAM_VIDEO_WIDTH"]),
+        ({"ANAM_VIDEO_WIDTH": "720.5", "ANAM_VIDEO_HEIGHT": "1280"}, ["ANAM_VIDEO_WIDTH"]),
+        ({"ANAM_SHOW_AI_AVATAR_DISCLOSURE": "perhaps"}, ["ANAM_SHOW_AI_AVATAR_DISCLOSURE"]),
+    ],
+)
+def test_a_malformed_anam_option_is_named(
+    monkeypatch: pytest.MonkeyPatch, variables: dict[str, str], expected: list[str]
+) -> None:
+    problems = problems_of(monkeypatch, **ANAM, **variables)
+    assert [p.split(":")[0] for p in problems] == expected
+
+
+def test_anam_options_are_read_typed(monkeypatch: pytest.MonkeyPatch) -> None:
+    configure(
+        monkeypatch,
+        **ANAM,
+        ANAM_EXPRESSIVITY="0.8",
+        ANAM_CUSTOM_STYLE_PROMPT="calm and slow",
+        ANAM_PRESET_STYLE="  ",  # blank is unset: not a second style
+        ANAM_VIDEO_WIDTH="720",
+        ANAM_VIDEO_HEIGHT="1280",
+        ANAM_SHOW_AI_AVATAR_DISCLOSURE="true",
+    )
+    settings = load_settings()
+    assert settings.anam_expressivity == 0.8
+    assert settings.anam_preset_style is None
+    assert settings.anam_custom_style_prompt == "calm and slow"
+    assert (settings.anam_video_width, settings.anam_video_height) == (720, 1280)
+    assert settings.anam_show_ai_avatar_disclosure is True
+
+
 @pytest.mark.parametrize(("value", "flow"), [(None, "direct"), ("two_step", "two_step")])
 def test_anam_session_flow_defaults_to_direct(
     monkeypatch: pytest.MonkeyPatch, value: str | None, flow: str

@@ -26,10 +26,47 @@ SessionFlow = Literal["two_step", "direct"]
 
 
 @dataclass(frozen=True)
+class DirectorNotes:
+    """How expressive the avatar is; unset fields are left out so Anam keeps its model's defaults."""
+
+    expressivity: float | None = None  # 0..1
+    preset_style: str | None = None  # never together with custom_style_prompt
+    custom_style_prompt: str | None = None
+
+    def wire(self) -> dict[str, Any]:
+        fields = {
+            "expressivity": self.expressivity,
+            "presetStyle": self.preset_style,
+            "customStylePrompt": self.custom_style_prompt,
+        }
+        return {name: value for name, value in fields.items() if value is not None}
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    """The session's output: its video size (width and height together) and the AI disclosure mark."""
+
+    video_width: int | None = None
+    video_height: int | None = None
+    show_ai_avatar_disclosure: bool | None = None
+
+    def wire(self) -> dict[str, Any]:
+        options: dict[str, Any] = {}
+        if self.video_width is not None and self.video_height is not None:
+            options["videoWidth"] = self.video_width
+            options["videoHeight"] = self.video_height
+        if self.show_ai_avatar_disclosure is not None:
+            options["showAIAvatarDisclosure"] = self.show_ai_avatar_disclosure
+        return options
+
+
+@dataclass(frozen=True)
 class PersonaConfig:
     name: str
     avatar_id: str
     avatar_model: str | None = None
+    director_notes: DirectorNotes | None = None
+    session_options: SessionOptions | None = None
 
 
 @dataclass(frozen=True)
@@ -91,10 +128,17 @@ class AnamAPI:
         }
         if persona.avatar_model is not None:
             persona_config["avatarModel"] = persona.avatar_model
-        return {
+        director_notes = persona.director_notes.wire() if persona.director_notes else {}
+        if director_notes:
+            persona_config["directorNotes"] = director_notes
+        payload: dict[str, Any] = {
             "personaConfig": persona_config,
             "environment": {"livekitUrl": livekit_url, "livekitToken": livekit_token},
         }
+        session_options = persona.session_options.wire() if persona.session_options else {}
+        if session_options:
+            payload["sessionOptions"] = session_options
+        return payload
 
     async def start_session(
         self,

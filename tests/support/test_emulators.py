@@ -381,6 +381,11 @@ async def test_anam_direct_flow_takes_the_api_key_and_the_plugin_body(
         ({"presetStyle": "warm", "customStylePrompt": "calm"}, "mutually exclusive"),
         ({"mood": "happy"}, "directorNotes.mood"),
         ({"presetStyle": ""}, "presetStyle"),
+        ({"expressivity": -0.1}, "expressivity"),
+        ({"expressivity": "0.5"}, "expressivity"),
+        ({"expressivity": True}, "expressivity"),
+        ({"customStylePrompt": ""}, "customStylePrompt"),
+        ({"customStylePrompt": 7}, "customStylePrompt"),
     ],
 )
 async def test_anam_direct_flow_rejects_bad_director_notes_and_starts_nothing(
@@ -392,6 +397,38 @@ async def test_anam_direct_flow_rejects_bad_director_notes_and_starts_nothing(
         assert r.status == 400
         assert message_part in (await r.json())["message"]
     assert anam.sessions == ()
+
+
+@pytest.mark.parametrize("cap", [0, -5, 1.5, "60", True, None])
+async def test_anam_refuses_a_malformed_session_length_cap(
+    http: aiohttp.ClientSession, anam: AnamEmulator, cap: Any
+) -> None:
+    body = anam_body()
+    body["personaConfig"]["maxSessionLengthSeconds"] = cap
+    async with http.post(anam.url + "/v1/engine/session", headers=bearer(ANAM_KEY), json=body) as r:
+        assert r.status == 400
+        assert "maxSessionLengthSeconds" in (await r.json())["message"]
+    assert anam.sessions == ()
+
+
+async def test_anam_ends_a_session_at_its_length_cap_and_its_avatar_leaves(
+    http: aiohttp.ClientSession,
+) -> None:
+    launcher = Launcher()
+    launcher.gate.set()
+    async with AnamEmulator(ANAM_KEY, avatar_launcher=launcher) as emulator:
+        capped, uncapped = anam_body(), anam_body()
+        capped["personaConfig"]["maxSessionLengthSeconds"] = 1
+        for body in (capped, uncapped):
+            async with http.post(
+                emulator.url + "/v1/engine/session", headers=bearer(ANAM_KEY), json=body
+            ) as r:
+                assert r.status == 200
+        first, second = emulator.sessions
+        async with asyncio.timeout(30):
+            await emulator.wait_until(lambda: first.avatar_closed and second.avatar_launched)
+        assert first.status == "TIMED_OUT" and not first.active
+        assert second.active and not second.avatar_closed  # no cap asked for, none applied
 
 
 async def test_latency_delays_every_answer_and_the_session_it_makes(
@@ -445,6 +482,12 @@ async def test_connect_latency_is_paid_once_per_connection() -> None:
         (_set("sessionOptions", {"videoWidth": 0, "videoHeight": 720}), "videoWidth"),
         (_set("sessionOptions", {"fps": 30}), "sessionOptions.fps"),
         (_set("sessionOptions", {"showAIAvatarDisclosure": "yes"}), "showAIAvatarDisclosure"),
+        (_set("sessionOptions", {"showAIAvatarDisclosure": 1}), "showAIAvatarDisclosure"),
+        (_set("sessionOptions", {"videoHeight": 1280}), "videoHeight"),
+        (_set("sessionOptions", {"videoWidth": "720", "videoHeight": 1280}), "videoWidth"),
+        (_set("sessionOptions", {"videoWidth": 720.5, "videoHeight": 1280}), "videoWidth"),
+        (_set("sessionOptions", {"videoWidth": 720, "videoHeight": -1}), "videoHeight"),
+        (_set("sessionOptions", []), "sessionOptions"),
         (_set("persona", {}), "persona"),
     ],
 )

@@ -11,13 +11,16 @@ import pytest
 
 from providers.anam.api import (
     AnamAPI,
+    DirectorNotes,
     PersonaConfig,
     SessionFlow,
+    SessionOptions,
     is_hard_limit,
     read_error_text,
 )
 from providers.errors import (
     AuthenticationError,
+    BadRequestError,
     PaymentRequiredError,
     ProviderConnectionError,
     ProviderProtocolError,
@@ -380,3 +383,78 @@ async def test_direct_flow_refuses_a_wrong_key_once(
         await start_direct(anam)
     assert len(anam_emulator.requests) == 1
     assert "not-the-key" not in str(caught.value)
+
+
+STYLED = PersonaConfig(
+    name="Cara",
+    avatar_id="avatar-123",
+    director_notes=DirectorNotes(expressivity=0.8, preset_style="warm"),
+    session_options=SessionOptions(
+        video_width=720, video_height=1280, show_ai_avatar_disclosure=True
+    ),
+)
+
+
+@pytest.mark.parametrize("flow", ["direct", "two_step"])
+async def test_director_notes_and_session_options_go_with_the_persona(
+    http_session: aiohttp.ClientSession, anam_emulator: AnamEmulator, flow: SessionFlow
+) -> None:
+    anam = client(http_session, anam_emulator, flow=flow)
+    await anam.start_session(
+        STYLED, livekit_url="wss://example.livekit.cloud", livekit_token=avatar_token()
+    )
+
+    persona_request = anam_emulator.requests[0]
+    assert persona_request.json["personaConfig"]["directorNotes"] == {
+        "expressivity": 0.8,
+        "presetStyle": "warm",
+    }
+    assert persona_request.json["sessionOptions"] == {
+        "videoWidth": 720,
+        "videoHeight": 1280,
+        "showAIAvatarDisclosure": True,
+    }
+    assert [r.status for r in anam_emulator.requests] == [200] * len(anam_emulator.requests)
+    assert len(anam_emulator.active_sessions) == 1
+
+
+async def test_unset_options_are_left_out_for_the_models_defaults(
+    http_session: aiohttp.ClientSession, anam_emulator: AnamEmulator
+) -> None:
+    persona = PersonaConfig(
+        name="Cara",
+        avatar_id="avatar-123",
+        director_notes=DirectorNotes(custom_style_prompt="calm and slow"),
+        session_options=SessionOptions(show_ai_avatar_disclosure=False),
+    )
+    await start_direct(client(http_session, anam_emulator), persona)
+
+    [request] = anam_emulator.requests
+    assert request.json["personaConfig"]["directorNotes"] == {"customStylePrompt": "calm and slow"}
+    assert request.json["sessionOptions"] == {"showAIAvatarDisclosure": False}
+
+    empty = PersonaConfig(
+        name="Cara",
+        avatar_id="avatar-123",
+        director_notes=DirectorNotes(),
+        session_options=SessionOptions(),
+    )
+    await start_direct(client(http_session, anam_emulator), empty)
+    last = anam_emulator.requests[-1]
+    assert "directorNotes" not in last.json["personaConfig"]
+    assert "sessionOptions" not in last.json
+
+
+async def test_the_emulator_refuses_two_styles_and_the_client_does_not_retry(
+    http_session: aiohttp.ClientSession, anam_emulator: AnamEmulator
+) -> None:
+    """Config validation keeps this from the wire; if it got there, Anam's 400 is final."""
+    persona = PersonaConfig(
+        name="Cara",
+        avatar_id="avatar-123",
+        director_notes=DirectorNotes(preset_style="warm", custom_style_prompt="calm"),
+    )
+    with pytest.raises(BadRequestError, match="mutually exclusive"):
+        await start_direct(client(http_session, anam_emulator), persona)
+    assert [r.status for r in anam_emulator.requests] == [400]
+    assert anam_emulator.active_sessions == ()

@@ -99,3 +99,75 @@ async def test_the_configured_flow_starts_the_avatar(
             )
         async with asyncio.timeout(10):
             await emulator.wait_until(lambda: emulator.active_sessions == ())
+
+
+async def test_configured_director_notes_and_session_options_reach_anam(
+    livekit_server: LiveKitServer,
+    agent_room: rtc.Room,
+    http_session: aiohttp.ClientSession,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """From the environment's variables, through the registry, to the strict emulator's request."""
+    monkeypatch.chdir(tmp_path)  # no developer .env
+    launcher = LocalAvatarLauncher()
+    async with AnamEmulator(api_key=ANAM_KEY, avatar_launcher=launcher) as emulator:
+        settings = load_settings(
+            livekit_url=livekit_server.ws_url,
+            livekit_api_key=livekit_server.api_key,
+            livekit_api_secret=livekit_server.api_secret,
+            avatar_provider="anam",
+            anam_api_key=ANAM_KEY,
+            anam_api_url=emulator.url,
+            anam_avatar_id="avatar-1",
+            anam_expressivity="0.3",
+            anam_custom_style_prompt="calm and slow",
+            anam_video_width="720",
+            anam_video_height="1280",
+            anam_show_ai_avatar_disclosure="true",
+        )
+        setup = provider_setup(settings, http_session)
+        avatar = setup.new_session(setup.options.identity, setup.options)
+        token = mint_avatar_token(
+            AvatarTokenRequest(
+                room_name=agent_room.name,
+                avatar_identity=avatar.identity,
+                agent_identity=agent_room.local_participant.identity,
+                ttl=setup.options.token_ttl,
+            ),
+            api_key=livekit_server.api_key,
+            api_secret=livekit_server.api_secret,
+        )
+        joined = asyncio.Event()
+        agent_room.on("participant_connected", lambda _: joined.set())
+        loop = asyncio.get_running_loop()
+        await avatar.start(
+            ProviderStartRequest(
+                livekit_url=setup.livekit_url,
+                livekit_token=token,
+                room_name=agent_room.name,
+                room_sid=None,
+                deadline=loop.time() + 10,
+            )
+        )
+        [request] = emulator.requests
+        assert request.status == 200
+        assert request.json["personaConfig"]["directorNotes"] == {
+            "expressivity": 0.3,
+            "customStylePrompt": "calm and slow",
+        }
+        assert request.json["sessionOptions"] == {
+            "videoWidth": 720,
+            "videoHeight": 1280,
+            "showAIAvatarDisclosure": True,
+        }
+        async with asyncio.timeout(10):
+            await joined.wait()
+        assert avatar.identity in agent_room.remote_participants
+        assert (await avatar.stop()).unended is None
+        async with server_api(livekit_server) as lk:
+            await lk.room.remove_participant(
+                api.RoomParticipantIdentity(room=agent_room.name, identity=avatar.identity)
+            )
+        async with asyncio.timeout(10):
+            await emulator.wait_until(lambda: emulator.active_sessions == ())

@@ -96,6 +96,7 @@ class EmulatorServer(ABC):
         self._requests: list[RecordedRequest] = []
         self._sessions: dict[str, EmulatedSession] = {}
         self._launch_tasks: set[asyncio.Task[None]] = set()
+        self._length_caps: set[asyncio.Task[None]] = set()
         self._app = web.Application(middlewares=[self._record_middleware])
         self._runner: web.AppRunner | None = None
         self._url: URL | None = None
@@ -126,7 +127,7 @@ class EmulatorServer(ABC):
             return
         self._closing.set()
         await self._runner.cleanup()
-        pending = list(self._launch_tasks)
+        pending = [*self._launch_tasks, *self._length_caps]
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
@@ -198,6 +199,18 @@ class EmulatorServer(ABC):
         session.status = status
         self._mark_ended(session)
         await self._stop_avatar(session)
+
+    def cap_length(self, session_id: str, seconds: float) -> None:
+        """End the session `seconds` after now, as a provider does at its length cap (TIMED_OUT)."""
+
+        async def end_at_cap() -> None:
+            await asyncio.sleep(seconds)  # the provider's own clock: the cap is a duration
+            if self._sessions[session_id].active:
+                await self.end_session(session_id, "TIMED_OUT")
+
+        task = asyncio.create_task(end_at_cap(), name=f"emulator-cap-{session_id}")
+        self._length_caps.add(task)
+        task.add_done_callback(self._length_caps.discard)
 
     async def wait_until(self, predicate: Callable[[], bool]) -> None:
         """Wait until `predicate()` holds; it is re-checked whenever requests or sessions change.

@@ -6,7 +6,8 @@ Routes (names for `inject` / `requests_for`):
                     POST /v1/engine/session      (Bearer <API key>, persona body)  -> 200 {"sessionId", ...}
 The first two are the seed's two-step flow; the last is the one-call flow of Anam's published API, as
 livekit-plugins-anam 1.8.9 sends it. Session tokens are single use. Errors are
-{"error": "<reason>", "message": "<text>"}.
+{"error": "<reason>", "message": "<text>"}. A persona's `maxSessionLengthSeconds` is enforced: the
+session ends (TIMED_OUT, its avatar leaves) that long after it started.
 """
 
 from __future__ import annotations
@@ -161,6 +162,9 @@ class AnamEmulator(EmulatorServer):
             livekit_token=environment["livekitToken"],
             sample_rate=SAMPLE_RATE,
         )
+        cap = config["personaConfig"].get("maxSessionLengthSeconds")
+        if cap is not None:
+            self.cap_length(session.session_id, cap)
         assert self._url is not None
         return Reply(
             200,
@@ -230,7 +234,7 @@ def _validate_token_request(body: dict[str, Any], *, require_jwt: bool) -> None:
         persona,
         where=where,
         required=("type", "name", "avatarId", "llmId"),
-        optional=("avatarModel", "directorNotes"),
+        optional=("avatarModel", "directorNotes", "maxSessionLengthSeconds"),
     )
     if persona["type"] != "ephemeral":
         raise Rejected(400, "'personaConfig.type' must be 'ephemeral'")
@@ -242,6 +246,8 @@ def _validate_token_request(body: dict[str, Any], *, require_jwt: bool) -> None:
         check_str(persona, "avatarModel", where=where)
     if "directorNotes" in persona:
         _check_director_notes(persona)
+    if "maxSessionLengthSeconds" in persona:
+        check_int(persona, "maxSessionLengthSeconds", where=where, minimum=1)
 
     environment = sub_object(body, "environment", where="")
     where = "environment"
