@@ -8,11 +8,17 @@ worker keeps serving.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
+import re
 import shutil
+import signal
 import sys
 import uuid
 from pathlib import Path
 
+import psutil
 import pytest
 from livekit import api
 
@@ -39,6 +45,13 @@ def copy_project(destination: Path) -> None:
             shutil.copytree(
                 entry, destination / entry.name, ignore=shutil.ignore_patterns("__pycache__")
             )
+
+
+def rewrite(path: Path, text: str) -> None:
+    """As an editor saves: whole, at once (the watcher never sees a half-written file)."""
+    draft = path.with_name(path.name + ".draft")
+    draft.write_text(text)
+    draft.replace(path)
 
 
 def count(worker: WorkerProcess, text: str) -> int:
@@ -94,8 +107,8 @@ async def test_dev_reloads_on_change_and_keeps_the_worker_on_a_syntax_error(
             await user.wait_for_transcript(agent, OLD_GREETING, timeout=60)
             avatar = job_avatar_identity(AVATAR, agent)
             await user.wait_for_participant(identity=avatar)
-            greeting_module.write_text(
-                greeting_module.read_text().replace(OLD_GREETING, NEW_GREETING)
+            rewrite(
+                greeting_module, greeting_module.read_text().replace(OLD_GREETING, NEW_GREETING)
             )
             await wait_for_line(worker, "dev: reloading:")
             await user.wait_for_visit(avatar, timeout=60)
@@ -107,9 +120,9 @@ async def test_dev_reloads_on_change_and_keeps_the_worker_on_a_syntax_error(
         await greeting_heard(livekit_server, agent_name, NEW_GREETING)
 
         # A change that does not load: the error is printed, the running worker stays.
-        greeting_module.write_text(greeting_module.read_text() + "\ndef broken(:\n")
+        rewrite(greeting_module, greeting_module.read_text() + "\ndef broken(:\n")
         await wait_for_line(worker, "dev: kept the running worker")
-        assert count(worker, "SyntaxError") >= 1, worker.output_tail()
+        await wait_for_line(worker, "SyntaxError")
         await greeting_heard(livekit_server, agent_name, NEW_GREETING)
         assert count(worker, "registered worker") == 2
         assert count(worker, "dev: reloading:") == 1
@@ -117,3 +130,39 @@ async def test_dev_reloads_on_change_and_keeps_the_worker_on_a_syntax_error(
         assert not any("deprecated" in line for line in worker.raw_output), worker.output_tail()
     finally:
         assert await worker.stop() == 0, worker.output_tail()
+
+
+async def test_the_worker_stops_when_dev_is_killed(
+    livekit_server: LiveKitServer, tmp_path: Path
+) -> None:
+    """SIGKILL to the `dev` parent alone (it cannot pass anything on): its worker, in a process
+    group of its own, sees the parent gone and stops as on SIGTERM, job processes and all."""
+    project = tmp_path / "project"
+    project.mkdir()
+    copy_project(project)
+    worker = WorkerProcess(
+        worker_environment(livekit_server, f"dev-orphan-{uuid.uuid4().hex[:6]}"),
+        cwd=project,
+        command=[sys.executable, str(project / "agent.py"), "dev"],
+    )
+    child: psutil.Process | None = None
+    try:
+        await worker.launch()
+        await wait_for_line(worker, "registered worker")
+        [started] = [line for line in worker.raw_output if "dev: worker started" in line]
+        match = re.search(r"pid (\d+)", started)
+        assert match is not None
+        child = psutil.Process(int(match.group(1)))
+        family = [child, *child.children(recursive=True)]
+
+        os.kill(worker.pid, signal.SIGKILL)
+
+        _, alive = await asyncio.to_thread(psutil.wait_procs, family, timeout=60)
+        assert not alive, worker.output_tail()
+        await worker.stop()  # its output read to the end
+        assert count(worker, "shutting down worker") == 1, worker.output_tail()
+    finally:
+        if child is not None and child.is_running():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.pid, signal.SIGKILL)
+        await worker.stop()
