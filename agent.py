@@ -250,10 +250,10 @@ def main(argv: list[str]) -> None:
             raise SystemExit(2) from None
         settings = Settings.model_construct()
     dev_reload.quiet_framework_deprecations()
-    if command == "dev":
-        if not dev_reload.is_dev_worker():
-            raise SystemExit(dev_reload.run(PROJECT_DIR, argv))
+    if command == "dev" and dev_reload.is_dev_worker():
         dev_reload.watch_parent()
+    elif command == "dev" and "--help" not in argv:
+        raise SystemExit(dev_reload.run(PROJECT_DIR, argv))  # runs the worker, reloads it
     if command not in COMMANDS_NEEDING_CONFIG:
         cli.run_app(create_server(settings))
         return
