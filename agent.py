@@ -6,8 +6,8 @@ is in assistant.py: start there to make it yours.
     python agent.py console         # talk to the agent in this terminal (no room, no avatar)
     python -m livekit.agents download-files  # fetch model files ahead of time (Docker build)
 
-`dev` does not restart on file changes: livekit-agents 1.8.9 removed that from the Python CLI and
-marks `dev` deprecated (it logs both when it starts); restart it after an edit.
+`dev` restarts the worker when a .py file or .env changes, once the change loads (dev_reload.py):
+livekit-agents 1.8.9 removed that from its Python CLI.
 
 Every room job: the avatar's start and the conversation begin together, the agent's speech waits
 for the avatar's video (or goes out in the agent's own voice when there is no avatar), and the job,
@@ -21,10 +21,12 @@ import functools
 import logging
 import sys
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any
 
 from livekit.agents import AgentServer, AutoSubscribe, JobContext, JobProcess, cli, room_io, utils
 
+import dev_reload
 from assistant import Assistant
 from chat import TypedMessages, announce_message_limit
 from config import ConfigError, Settings, get_settings
@@ -45,6 +47,8 @@ from speech.pipeline import VoicePipeline, build_voice
 from subscriptions import connect_to_people
 
 logger = logging.getLogger("avatar-agent")
+
+PROJECT_DIR = Path(__file__).resolve().parent
 
 # Commands that connect to LiveKit and so need a complete configuration before anything starts.
 COMMANDS_NEEDING_CONFIG = frozenset({"dev", "start", "connect"})
@@ -255,6 +259,11 @@ def main(argv: list[str]) -> None:
             print(f"agent.py {command}: {error}", file=sys.stderr)
             raise SystemExit(2) from None
         settings = Settings.model_construct()
+    dev_reload.quiet_framework_deprecations()
+    if command == "dev" and dev_reload.is_dev_worker():
+        dev_reload.watch_parent()
+    elif command == "dev" and "--help" not in argv:
+        raise SystemExit(dev_reload.run(PROJECT_DIR, argv))  # runs the worker, reloads it
     if command not in COMMANDS_NEEDING_CONFIG:
         cli.run_app(create_server(settings))
         return

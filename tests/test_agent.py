@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
 import signal
 import sys
 import uuid
@@ -163,44 +162,6 @@ async def test_the_worker_loads_the_speech_model_once_and_takes_it_along_when_ki
         assert not decoder_server.is_running()
     finally:
         await stop_worker(process)
-
-
-RELOAD_CLAIM = re.compile(r"reloads? on change|auto-?reload|hot-?reload", re.IGNORECASE)
-
-
-async def test_dev_does_not_reload_and_no_document_says_it_does(
-    livekit_stand_in: ConnectionRecorder, tmp_path: Path
-) -> None:
-    """livekit-agents 1.8.9 removed `dev`'s in-process reload, and says so as `dev` starts: what
-    we tell a developer (agent.py's usage, the README) must not promise it."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(AGENT),
-        "dev",
-        cwd=tmp_path,
-        env={
-            "PATH": os.environ["PATH"],
-            "HOME": str(tmp_path),
-            "AGENT_HTTP_PORT": "0",
-            **good_configuration(livekit_stand_in),
-        },
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        assert process.stdout is not None
-        async with asyncio.timeout(60):
-            while True:
-                line = await process.stdout.readline()
-                assert line, "dev ended its output without saying"
-                if b"auto-reload has been removed" in line:
-                    break
-    finally:
-        await stop_worker(process)
-    for document in (AGENT, AGENT.parent / "README.md"):
-        claim = RELOAD_CLAIM.search(document.read_text())
-        assert claim is None, f"{document.name} says {claim.group(0)!r}"
 
 
 async def test_a_job_given_up_during_a_slow_connect_never_cancels_the_connect(

@@ -93,6 +93,13 @@ class WorkerProcess:
 
     async def start(self, *, register_timeout: float = 60.0) -> LogRecord:
         """Start and wait for the worker to register with LiveKit; returns that log record."""
+        await self.launch()
+        return await self.wait_for_log(
+            lambda r: r.get("message") == "registered worker", timeout=register_timeout
+        )
+
+    async def launch(self) -> None:
+        """Start the process and follow its output, without waiting for anything."""
         self._process = await asyncio.create_subprocess_exec(
             *self._command,
             cwd=self._cwd,
@@ -103,9 +110,6 @@ class WorkerProcess:
             start_new_session=True,
         )
         self._reader = asyncio.create_task(self._read_output())
-        return await self.wait_for_log(
-            lambda r: r.get("message") == "registered worker", timeout=register_timeout
-        )
 
     async def _read_output(self) -> None:
         assert self._process is not None and self._process.stdout is not None
