@@ -31,11 +31,14 @@ from assistant import Assistant
 from chat import TypedMessages, announce_message_limit
 from config import ConfigError, Settings, get_settings
 from held_turns import HeldTurns
+from meeting_chat import MeetingChatReplies
 from observability.avatar_metrics import AvatarMetricsRecorder
 from observability.health import serve_health
 from observability.prometheus import prometheus_options, watch_for_dead_processes
 from observability.tracing import AvatarTracer, configure_tracing, flush_traces
 from providers.avatar_controls import AvatarControls, avatar_abilities
+from providers.lemonslice.meeting_audio import MeetingAudioInput
+from providers.lemonslice.meeting_listener import MeetingListener
 from providers.lifecycle import JobTimeline
 from providers.registry import avatar_for_job, livekit_credentials, provider_api_url
 from providers.room_connect import connect_once
@@ -55,6 +58,7 @@ COMMANDS_NEEDING_CONFIG = frozenset({"dev", "start", "connect"})
 # What one job process keeps between prewarm, the job and its end (`JobProcess.userdata`).
 PREWARMED_PROVIDER = "prewarmed_provider_host"
 JOB_AVATAR = "job_avatar"
+JOB_MEETING = "job_meeting"
 # The avatar's provider call goes out before the session's set-up takes the event loop, for at most
 # this long (a new TLS connection to the provider; the call itself is not waited for).
 PROVIDER_CALL_HEAD_START = 0.15
@@ -77,6 +81,17 @@ async def run_job(ctx: JobContext, settings: Settings, voice: VoicePipeline) -> 
     ctx.add_shutdown_callback(typed.aclose)
     # Typed messages are ours (chat.py), in the order sent; the framework's handler can reorder them.
     room_options = room_io.RoomOptions(text_input=False)
+    # In an external meeting the agent hears the meeting, through the avatar's relay, not the room.
+    meeting: MeetingListener | None = None
+    meeting_chat: MeetingChatReplies | None = None
+    if settings.lemonslice_meeting_url is not None and not ctx.is_fake_job():
+        meeting_audio = MeetingAudioInput()
+        session.input.audio = meeting_audio
+        room_options.audio_input = False
+        meeting_chat = MeetingChatReplies(typed, bot_name=settings.lemonslice_meeting_bot_name)
+        meeting = MeetingListener(meeting_audio, meeting_chat.on_chat)
+        ctx.proc.userdata[JOB_MEETING] = meeting  # closed by end_of_session, before the bot leaves
+        ctx.add_shutdown_callback(meeting.aclose)
     # The agent hears the people in the room; the avatar's media is for them, not for the agent.
     # One connect for the job and the avatar; the entrypoint cancelled during it (the job shut
     # down) stops waiting for it, never cancels it half-way (providers/room_connect.py).
@@ -106,6 +121,7 @@ async def run_job(ctx: JobContext, settings: Settings, voice: VoicePipeline) -> 
             connect=connect_room,
             prewarmed=ctx.proc.userdata.get(PREWARMED_PROVIDER),
             on_avatar=memory.record,
+            on_new_avatar=meeting.follow if meeting is not None else None,
         )
         avatar.attach(session)
         ctx.proc.userdata[JOB_AVATAR] = avatar  # ended by end_of_session, before the room is left
@@ -132,6 +148,8 @@ async def run_job(ctx: JobContext, settings: Settings, voice: VoicePipeline) -> 
         ),
     )
     typed.listen(session, ctx.room)
+    if meeting_chat is not None:
+        meeting_chat.start(session)
     timeline.mark("session_started")
     if avatar is None:
         timeline.avatar_settled()
@@ -144,6 +162,9 @@ async def run_job(ctx: JobContext, settings: Settings, voice: VoicePipeline) -> 
 async def end_of_session(ctx: JobContext) -> None:
     """The session is over and the room not yet left: end the avatar's provider sessions now,
     while the room's events can still show an avatar that is on its way in."""
+    meeting = ctx.proc.userdata.get(JOB_MEETING)
+    if isinstance(meeting, MeetingListener):
+        await meeting.aclose()  # not listening to a relay the bot's leaving closes
     avatar = ctx.proc.userdata.get(JOB_AVATAR)
     if isinstance(avatar, AvatarSupervisor):
         await avatar.aclose()

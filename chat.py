@@ -103,6 +103,10 @@ class TypedMessages:
         """Answer `text` once what the agent is saying, and every earlier message, is answered."""
         await self._answer(session, text)
 
+    def answer_in_line(self, session: AgentSession[Any], text: str) -> None:
+        """`answer` in the background, after every message put in line before it."""
+        self._in_line(self._answer(session, text), "chat.in_line")
+
     @staticmethod
     def _from_the_user(session: AgentSession[Any], participant_identity: str) -> bool:
         linked = session.room_io.linked_participant  # as livekit-agents' own handler decides

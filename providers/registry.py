@@ -23,7 +23,7 @@ from .lemonslice.avatar import LemonSliceAvatarSession
 from .lemonslice.meeting import MeetingPlan
 from .lifecycle import JobTimeline
 from .retry import RetryPolicy
-from .session import AvatarOptions, LiveKitCredentials
+from .session import AvatarOptions, LiveKitCredentials, ProviderAvatarSession
 from .supervisor import AvatarStarted, AvatarSupervisor, JobRoom, ProviderSetup
 from .warmup import ResolvedHost, provider_http_session
 
@@ -206,6 +206,7 @@ def avatar_for_job(
     connect: Callable[[], Awaitable[None]],
     prewarmed: ResolvedHost | None = None,
     on_avatar: AvatarStarted | None = None,
+    on_new_avatar: Callable[[ProviderAvatarSession], None] | None = None,
 ) -> AvatarSupervisor:
     """The configured provider's avatar for one job, with its own pooled HTTP session."""
     # Set when the start's first provider call is on the wire (none for the local avatar).
@@ -223,6 +224,7 @@ def avatar_for_job(
         connect=connect,
         on_avatar=on_avatar,
         provider_call_sent=call_sent,
+        on_new_avatar=on_new_avatar,
     )
 
 

@@ -118,8 +118,10 @@ class AvatarSupervisor:
         rng: random.Random | None = None,
         on_avatar: AvatarStarted | None = None,
         provider_call_sent: asyncio.Event | None = None,
+        on_new_avatar: Callable[[ProviderAvatarSession], None] | None = None,
     ) -> None:
         self._room = room
+        self._on_new_avatar = on_new_avatar  # told of each provider session as it becomes current
         self._provider_call_sent = provider_call_sent
         self._on_avatar = on_avatar  # told of every avatar we mint a token for, then of its session
         self._job = job
@@ -297,6 +299,8 @@ class AvatarSupervisor:
             session = self._provider.new_session(identity, self._options)
             self._reaper.add(session)
             self._avatar = session
+            if self._on_new_avatar is not None:
+                self._on_new_avatar(session)
             token = self.guard.mint(identity)
             if self._on_avatar is not None:
                 self._on_avatar(self._provider.name, identity, None)

@@ -20,6 +20,7 @@ from livekit.agents import AgentSession
 from config import Settings, load_settings
 from providers.lifecycle import AvatarLifecycleMetrics, JobTimeline
 from providers.registry import avatar_for_job, livekit_credentials, provider_setup
+from providers.session import ProviderAvatarSession
 from providers.status import REASON_ATTRIBUTE, STATUS_ATTRIBUTE
 from providers.supervisor import AvatarSupervisor, JobRoom
 from providers.warmup import provider_http_session
@@ -96,7 +97,12 @@ class Harness:
         return load_settings(**values)
 
     def start(
-        self, settings: Settings, session: AgentSession[Any] | None = None, *, job_id: str = ""
+        self,
+        settings: Settings,
+        session: AgentSession[Any] | None = None,
+        *,
+        job_id: str = "",
+        on_new_avatar: Callable[[ProviderAvatarSession], None] | None = None,
     ) -> AvatarSupervisor:
         timeline = JobTimeline(room=self.room.name, provider=settings.provider)
         timeline.add_metrics_sink(self.log)
@@ -106,6 +112,7 @@ class Harness:
             settings=settings,
             timeline=timeline,
             connect=_connected,
+            on_new_avatar=on_new_avatar,
         )
         if session is not None:
             supervisor.attach(session)
