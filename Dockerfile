@@ -48,7 +48,8 @@ USER ${APP_UID}:${APP_UID}
 # The environment keeps the path it was built at: its scripts and pyvenv.cfg name it.
 COPY --from=build --chown=${APP_UID}:${APP_UID} /app/.venv /app/.venv
 
-COPY --chown=${APP_UID}:${APP_UID} agent.py chat.py config.py held_turns.py subscriptions.py ./
+COPY --chown=${APP_UID}:${APP_UID} agent.py assistant.py avatar_tools.py chat.py config.py dev_reload.py \
+    held_turns.py meeting_chat.py subscriptions.py ./
 COPY --chown=${APP_UID}:${APP_UID} providers/ ./providers/
 COPY --chown=${APP_UID}:${APP_UID} speech/ ./speech/
 COPY --chown=${APP_UID}:${APP_UID} recovery/ ./recovery/
