@@ -142,7 +142,11 @@ async def run_job(ctx: JobContext, settings: Settings, voice: VoicePipeline) -> 
     await asyncio.gather(
         connect(),
         session.start(
-            agent=Assistant(instructions=settings.agent_instructions, avatar=controls),
+            agent=Assistant(
+                instructions=settings.agent_instructions,
+                greeting=settings.agent_greeting,
+                avatar=controls,
+            ),
             room=ctx.room,
             room_options=room_options,
         ),

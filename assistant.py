@@ -15,18 +15,25 @@ from datetime import datetime
 from livekit.agents import Agent, function_tool
 
 from avatar_tools import avatar_tools
-from config import DEFAULT_INSTRUCTIONS
+from config import DEFAULT_GREETING, DEFAULT_INSTRUCTIONS
 from providers.avatar_controls import AvatarControls
 
 
 class Assistant(Agent):
     def __init__(
-        self, *, instructions: str = DEFAULT_INSTRUCTIONS, avatar: AvatarControls | None = None
+        self,
+        *,
+        instructions: str = DEFAULT_INSTRUCTIONS,
+        greeting: str = DEFAULT_GREETING,
+        avatar: AvatarControls | None = None,
     ) -> None:
         # The avatar's tools (gestures, manner, face) are there only if its provider has them.
         super().__init__(
             instructions=instructions, tools=avatar_tools(avatar) if avatar is not None else []
         )
+        # How the agent opens the call: the cloud voice's LLM words the greeting from this. The
+        # offline voice has no LLM: it says a fixed line (speech/pipeline.py, OFFLINE_GREETING).
+        self.greeting = greeting
 
     @function_tool()
     async def current_date(self) -> str:

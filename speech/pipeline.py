@@ -90,8 +90,9 @@ class CloudVoice:
         )
 
     async def greet(self, session: AgentSession[Any]) -> None:
+        greeting = getattr(session.current_agent, "greeting", self.settings.agent_greeting)
         await session.generate_reply(
-            instructions=self.settings.agent_greeting, allow_interruptions=GREETING_INTERRUPTIBLE
+            instructions=greeting, allow_interruptions=GREETING_INTERRUPTIBLE
         )
 
     def worker_services(self) -> contextlib.AbstractContextManager[None]:
