@@ -7,7 +7,9 @@ import asyncio
 import contextlib
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -20,6 +22,9 @@ from tests.support.livekit_server import LiveKitServer, connect_participant
 TRANSCRIPTION_TOPIC = "lk.transcription"
 CHAT_TOPIC = "lk.chat"
 AGENT_STATE_ATTRIBUTE = "lk.agent.state"
+
+
+_Found = TypeVar("_Found")
 
 
 @dataclass(frozen=True)
@@ -321,6 +326,11 @@ class RoomUser:
             return participant is not None and participant.attributes.get(key) == value
 
         await self._until(matches, timeout)
+
+    async def until(self, check: Callable[[], _Found | None], timeout: float) -> _Found:
+        """The first result of `check` that is not None, checked again whenever the user hears
+        something new."""
+        return cast("_Found", await self._until(check, timeout))
 
     async def _until(self, check: object, timeout: float) -> object:
         async with asyncio.timeout(timeout):

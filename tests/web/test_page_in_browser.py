@@ -198,7 +198,14 @@ async def test_a_person_sees_and_hears_the_avatar(
         )
         fps = (later["framesDecoded"] - first["framesDecoded"]) / (time.monotonic() - started)
 
-        # the voice: the avatar's own audio track (it speaks for the agent), carrying sound
+        # the voice: the avatar's own audio track (it speaks for the agent), carrying sound. The
+        # agent's own voice starts the greeting (docs/first-word.md); the page moves to the
+        # avatar's track at the handover.
+        await page.wait_for_function(
+            f"() => {{ const owner = ({AUDIO_OWNER_JS})(); return owner && owner.onBehalf; }}",
+            polling=100,
+            timeout=60_000,
+        )
         owner = await page.evaluate(AUDIO_OWNER_JS)
         assert owner is not None and owner["onBehalf"], owner
         audio_before = (await inbound_stats(page, "audio"))["totalAudioEnergy"]
