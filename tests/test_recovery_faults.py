@@ -14,9 +14,7 @@ providers in tests/test_recovery.py).
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import hashlib
 import time
 from collections.abc import AsyncIterator
 
@@ -27,7 +25,14 @@ from livekit import api
 
 from tests.support.livekit_cluster import LiveKitCluster
 from tests.support.livekit_server import server_api
-from tests.support.recovery_world import Call, World, is_agent, open_call, open_world
+from tests.support.recovery_world import (
+    Call,
+    World,
+    is_agent,
+    open_call,
+    open_world,
+    signed_webhook,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -67,9 +72,7 @@ async def every_worker_and_watcher_back(world: World) -> AsyncIterator[None]:
 async def deliver(world: World, index: int, event: api.WebhookEvent) -> int:
     """POST `event` to watcher `index`, signed as livekit-server signs it; the HTTP status."""
     node = world.node(0)
-    body = MessageToJson(event)
-    digest = base64.b64encode(hashlib.sha256(body.encode()).digest()).decode()
-    token = api.AccessToken(node.api_key, node.api_secret).with_sha256(digest).to_jwt()
+    body, token = signed_webhook(node, event)
     url = world.cluster.webhook_urls[index]
     async with (
         aiohttp.ClientSession() as http,

@@ -10,8 +10,6 @@ livekit-server nodes share. With that Redis unreachable, recovery goes on (a dis
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
 import os
 import signal
 import socket
@@ -24,7 +22,6 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from google.protobuf.json_format import MessageToJson
 from livekit import api
 
 from recovery.claim import RedisAddress
@@ -33,7 +30,14 @@ from recovery.service import WatcherService
 from recovery.watcher import WatcherOptions, recovered_job
 from tests.support.livekit_cluster import LiveKitCluster
 from tests.support.livekit_server import LiveKitServer, free_port, server_api
-from tests.support.recovery_world import World, is_agent, open_call, open_world
+from tests.support.recovery_world import (
+    World,
+    is_agent,
+    open_call,
+    open_world,
+    signed_webhook,
+    until_watchers_checked,
+)
 from tests.support.room_user import RoomUser
 
 pytestmark = pytest.mark.e2e
@@ -70,26 +74,12 @@ class Watchers:
 
     async def until(self, check: Callable[[], bool], *, timeout: float) -> None:
         """Until `check()` holds, looked at again after each check of any watcher."""
-        async with asyncio.timeout(timeout):
-            while True:
-                events = [s.watcher.checked for s in self.services if s.watcher]
-                for event in events:
-                    event.clear()
-                if check():
-                    return
-                waits = [asyncio.create_task(event.wait()) for event in events]
-                try:
-                    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    for task in waits:
-                        task.cancel()
+        await until_watchers_checked(self.services, check, timeout=timeout)
 
     async def fan_out(self, event: api.WebhookEvent) -> None:
         """The same webhook to every watcher at once, signed as livekit-server signs it."""
         node = self.cluster.nodes[0]
-        body = MessageToJson(event)
-        digest = base64.b64encode(hashlib.sha256(body.encode()).digest()).decode()
-        token = api.AccessToken(node.api_key, node.api_secret).with_sha256(digest).to_jwt()
+        body, token = signed_webhook(node, event)
         async with aiohttp.ClientSession() as http:
 
             async def post(url: str) -> int:
@@ -308,9 +298,7 @@ def per_watcher(world: World, room: str, index: int) -> list[str]:
 
 async def fan_out_to_world(world: World, event: api.WebhookEvent) -> None:
     node = world.node(0)
-    body = MessageToJson(event)
-    digest = base64.b64encode(hashlib.sha256(body.encode()).digest()).decode()
-    token = api.AccessToken(node.api_key, node.api_secret).with_sha256(digest).to_jwt()
+    body, token = signed_webhook(node, event)
     async with aiohttp.ClientSession() as http:
 
         async def post(url: str) -> int:

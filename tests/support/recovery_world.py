@@ -8,14 +8,17 @@ node 1, so a call on worker 0 spans both nodes.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
 import socket
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
+from google.protobuf.json_format import MessageToJson
 from livekit import api, rtc
 from livekit.agents.voice.room_io import ATTRIBUTE_PUBLISH_ON_BEHALF
 
@@ -47,6 +50,32 @@ JOIN_GRACE = 10.0
 def is_agent(participant: rtc.RemoteParticipant) -> bool:
     """An agent that is not an avatar."""
     return participant.kind == AGENT and ATTRIBUTE_PUBLISH_ON_BEHALF not in participant.attributes
+
+
+def signed_webhook(node: LiveKitServer, event: api.WebhookEvent) -> tuple[str, str]:
+    """`event` as livekit-server sends it: the JSON body, and its Authorization token."""
+    body = MessageToJson(event)
+    digest = base64.b64encode(hashlib.sha256(body.encode()).digest()).decode()
+    return body, api.AccessToken(node.api_key, node.api_secret).with_sha256(digest).to_jwt()
+
+
+async def until_watchers_checked(
+    services: Sequence[WatcherService | None], check: Callable[[], bool], *, timeout: float
+) -> None:
+    """Until `check()` holds, looked at again after each check of any watcher."""
+    async with asyncio.timeout(timeout):
+        while True:
+            events = [s.watcher.checked for s in services if s and s.watcher]
+            for event in events:
+                event.clear()
+            if check():
+                return
+            waits = [asyncio.create_task(event.wait()) for event in events]
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in waits:
+                    task.cancel()
 
 
 @dataclass
@@ -115,19 +144,7 @@ class World:
 
     async def until(self, check: Callable[[], bool], *, timeout: float) -> None:
         """Until `check()` holds, looked at again after each check of any watcher."""
-        async with asyncio.timeout(timeout):
-            while True:
-                events = [s.watcher.checked for s in self.watchers if s and s.watcher]
-                for event in events:
-                    event.clear()
-                if check():
-                    return
-                waits = [asyncio.create_task(event.wait()) for event in events]
-                try:
-                    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    for task in waits:
-                        task.cancel()
+        await until_watchers_checked(self.watchers, check, timeout=timeout)
 
     def job_process(self, agent_identity: str) -> int:
         """The pid of the job process that runs `agent_identity`'s job, on whichever worker."""

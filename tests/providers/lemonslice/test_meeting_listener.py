@@ -5,7 +5,6 @@ one closed), and closes its relay when closed."""
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -16,11 +15,11 @@ from providers.lemonslice.meeting_audio import INPUT_SAMPLE_RATE, MeetingAudioIn
 from providers.lemonslice.meeting_listener import MeetingListener
 from providers.lemonslice.meeting_relay import MeetingChat
 from tests.providers.lemonslice.test_meeting_session import MEETING
-from tests.providers.test_supervisor import AGENT, KEY, Harness
 from tests.support.avatar_launcher import LocalAvatarLauncher
 from tests.support.emulators import LemonSliceEmulator
 from tests.support.emulators._meetings import EmulatedMeeting
-from tests.support.livekit_server import LiveKitServer, connect_participant
+from tests.support.livekit_server import LiveKitServer
+from tests.support.supervisor_harness import KEY, Harness, open_harness
 
 TIMEOUT = 20.0
 
@@ -30,16 +29,8 @@ async def harness(
     livekit_server: LiveKitServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> AsyncIterator[Harness]:
     monkeypatch.chdir(tmp_path)  # no developer .env
-    room = await connect_participant(
-        livekit_server, f"listen-{uuid.uuid4().hex[:8]}", AGENT, kind="agent"
-    )
-    harness = Harness(livekit_server, room)
-    try:
+    async with open_harness(livekit_server, "listen") as harness:
         yield harness
-    finally:
-        for supervisor in harness.supervisors:
-            await supervisor.aclose()
-        await room.disconnect()
 
 
 async def until(meeting: EmulatedMeeting, check: Callable[[], bool]) -> None:

@@ -4,7 +4,6 @@ the session it started and gives the agent its own voice."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -12,10 +11,10 @@ import pytest
 from livekit import api
 
 from providers.supervisor import AvatarSupervisor
-from tests.providers.test_supervisor import AGENT, KEY, Harness, route, until
 from tests.support.avatar_launcher import LocalAvatarLauncher
 from tests.support.emulators import LemonSliceEmulator, StatusFault
-from tests.support.livekit_server import LiveKitServer, connect_participant
+from tests.support.livekit_server import LiveKitServer
+from tests.support.supervisor_harness import KEY, Harness, open_harness, route, until
 
 MEETING = {
     "LEMONSLICE_MEETING_URL": "https://meet.google.com/abc-defg-hij",
@@ -28,16 +27,8 @@ async def harness(
     livekit_server: LiveKitServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> AsyncIterator[Harness]:
     monkeypatch.chdir(tmp_path)  # no developer .env
-    room = await connect_participant(
-        livekit_server, f"meeting-{uuid.uuid4().hex[:8]}", AGENT, kind="agent"
-    )
-    harness = Harness(livekit_server, room)
-    try:
+    async with open_harness(livekit_server, "meeting") as harness:
         yield harness
-    finally:
-        for supervisor in harness.supervisors:
-            await supervisor.aclose()
-        await room.disconnect()
 
 
 @pytest.fixture
