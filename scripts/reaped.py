@@ -106,6 +106,9 @@ def main(argv: list[str]) -> int:
     # to handle; this only waits for it.
     command = subprocess.Popen(argv)  # noqa: S603 - the caller's own command
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A run cancelled with SIGTERM (a CI runner's cancel) is the command's to end, and then what it
+    # left is stopped here as after a crash: dying of it here would leave all of it running.
+    signal.signal(signal.SIGTERM, lambda *_: command.send_signal(signal.SIGTERM))
     status = wait_reaping(command.pid)
     command.returncode = status  # already collected here
     if status >= 0:

@@ -259,3 +259,42 @@ def test_an_orphan_that_ends_during_the_run_is_reaped_at_once() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
+
+
+STARTS_A_SESSION_AND_WAITS = """
+import subprocess, sys, time
+sleeper = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'], start_new_session=True)
+print(sleeper.pid, flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_run_stopped_with_sigterm_stops_what_it_started() -> None:
+    """A CI runner cancelling the run sends SIGTERM: the command gets it, and what it left (a
+    worker in a session of its own, say) is stopped too."""
+    run = subprocess.Popen(  # noqa: S603 - our own script
+        [
+            sys.executable,
+            str(REPO_ROOT / "scripts" / "reaped.py"),
+            sys.executable,
+            "-c",
+            STARTS_A_SESSION_AND_WAITS,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    sleeper = 0
+    try:
+        assert run.stdout is not None
+        sleeper = int(run.stdout.readline())
+        run.send_signal(signal.SIGTERM)
+        _, stderr = run.communicate(timeout=30)
+        assert run.returncode == 128 + signal.SIGTERM, stderr
+        assert not alive(sleeper), "the run's own process is still running"
+        assert f"stopping what the crashed run left: {sleeper}" in stderr
+    finally:
+        run.kill()
+        run.wait()
+        if sleeper and alive(sleeper):
+            os.kill(sleeper, signal.SIGKILL)
