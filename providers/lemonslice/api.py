@@ -56,6 +56,18 @@ def session_id_problem(session_id: str) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class JoinedMeeting:
+    """LemonSlice's bot in an external meeting, and the relay that streams the meeting back."""
+
+    meeting_bot_id: str
+    websocket_url: str
+
+    def __repr__(self) -> str:
+        # The relay URL may carry a credential in its query; never show it.
+        return f"JoinedMeeting(meeting_bot_id={self.meeting_bot_id!r})"
+
+
 class LemonSliceAPI:
     def __init__(self, http: ProviderHttp, *, api_key: str, api_url: str = DEFAULT_API_URL) -> None:
         self._http = http
@@ -196,81 +208,67 @@ class LemonSliceAPI:
             )
         return status
 
+    async def join_meeting(
+        self,
+        session_id: str,
+        *,
+        meeting_url: str,
+        livekit_url: str,
+        broadcast_token: str,
+        bot_name: str | None = None,
+        deadline: float | None = None,
+    ) -> JoinedMeeting:
+        """Send the session's avatar into a Zoom / Meet / Teams / Webex meeting.
 
-@dataclass(frozen=True)
-class JoinedMeeting:
-    """LemonSlice's bot in an external meeting, and the relay that streams the meeting back."""
-
-    meeting_bot_id: str
-    websocket_url: str
-
-    def __repr__(self) -> str:
-        # The relay URL may carry a credential in its query; never show it.
-        return f"JoinedMeeting(meeting_bot_id={self.meeting_bot_id!r})"
-
-
-async def join_meeting(
-    lemonslice: LemonSliceAPI,
-    session_id: str,
-    *,
-    meeting_url: str,
-    livekit_url: str,
-    broadcast_token: str,
-    bot_name: str | None = None,
-    deadline: float | None = None,
-) -> JoinedMeeting:
-    """Send the session's avatar into a Zoom / Meet / Teams / Webex meeting.
-
-    Not retried after it may have reached LemonSlice: a second join would put a second bot in.
-    """
-    payload: dict[str, Any] = {
-        "session_id": session_id,
-        "meeting_url": meeting_url,
-        "livekit_url": livekit_url,
-        "broadcast_token": broadcast_token,
-    }
-    if bot_name:
-        payload["bot_name"] = bot_name
-    reply = await lemonslice._http.post_json(
-        f"{lemonslice._session_url(session_id)}/join-meeting",
-        payload,
-        headers=lemonslice._headers,
-        operation="join meeting",
-        creates_session=True,
-        required="meeting_bot_id",
-        deadline=deadline,
-    )
-    relay = reply.get("websocket_url")
-    if not isinstance(relay, str) or not relay.startswith(("ws://", "wss://")):
-        raise ProviderProtocolError(
-            "lemonslice join meeting: the reply has no ws(s) websocket_url",
-            provider=PROVIDER,
-            status_code=200,
-        )
-    return JoinedMeeting(meeting_bot_id=str(reply["meeting_bot_id"]), websocket_url=relay)
-
-
-async def leave_meeting(
-    lemonslice: LemonSliceAPI,
-    session_id: str,
-    meeting_bot_id: str,
-    *,
-    deadline: float | None = None,
-) -> None:
-    """Take the bot out of the meeting. A 404 means it is gone already (session or bot ended)."""
-    try:
-        await lemonslice._http.post_json(
-            f"{lemonslice._session_url(session_id)}/leave-meeting",
-            {"meeting_bot_id": meeting_bot_id},
-            headers=lemonslice._headers,
-            operation="leave meeting",
+        Not retried after it may have reached LemonSlice: a second join would put a second bot in.
+        """
+        payload: dict[str, Any] = {
+            "session_id": session_id,
+            "meeting_url": meeting_url,
+            "livekit_url": livekit_url,
+            "broadcast_token": broadcast_token,
+        }
+        if bot_name:
+            payload["bot_name"] = bot_name
+        reply = await self._http.post_json(
+            f"{self._session_url(session_id)}/join-meeting",
+            payload,
+            headers=self._headers,
+            operation="join meeting",
+            creates_session=True,
+            required="meeting_bot_id",
             deadline=deadline,
         )
-    except ProviderStatusError as error:
-        if error.status_code != 404:
-            raise
-        logger.info(
-            "lemonslice meeting bot of session %s was already gone (leave answered 404)",
-            session_id,
-            extra={"provider": PROVIDER, "provider_session_id": session_id},
-        )
+        relay = reply.get("websocket_url")
+        if not isinstance(relay, str) or not relay.startswith(("ws://", "wss://")):
+            raise ProviderProtocolError(
+                "lemonslice join meeting: the reply has no ws(s) websocket_url",
+                provider=PROVIDER,
+                status_code=200,
+            )
+        return JoinedMeeting(meeting_bot_id=str(reply["meeting_bot_id"]), websocket_url=relay)
+
+    async def leave_meeting(
+        self,
+        session_id: str,
+        meeting_bot_id: str,
+        *,
+        deadline: float | None = None,
+    ) -> None:
+        """Take the bot out of the meeting. A 404 means it is gone already (session or bot ended)."""
+        try:
+            await self._http.post_json(
+                f"{self._session_url(session_id)}/leave-meeting",
+                {"meeting_bot_id": meeting_bot_id},
+                headers=self._headers,
+                operation="leave meeting",
+                deadline=deadline,
+            )
+        except ProviderStatusError as error:
+            if error.status_code != 404:
+                raise
+            logger.info(
+                "lemonslice meeting bot of session %s was already gone (leave answered 404)",
+                session_id,
+                extra={"provider": PROVIDER, "provider_session_id": session_id},
+            )
