@@ -10,29 +10,36 @@ from typing import Any
 from urllib.parse import quote
 
 from ..errors import ProviderProtocolError, ProviderStatusError
-from ..http import ProviderHttp
+from ..http import FormUpload, ProviderHttp
+from ..image_file import ImageFile
 
 logger = logging.getLogger("avatar.providers.lemonslice")
 
 PROVIDER = "lemonslice"
 DEFAULT_API_URL = "https://lemonslice.com/api/liveai/sessions"
 MAX_SESSION_ID = 256
+# The create with an uploaded face is multipart/form-data: the JSON body in one part, the image in
+# the other (the wire of livekit-plugins-lemonslice 1.8.9; see docs/configuration.md).
+PAYLOAD_PART = "payload"
+IMAGE_PART = "image"
 
 
 @dataclass(frozen=True)
 class LemonSliceAgent:
-    """Which avatar to show: exactly one of agent_id / agent_image_url."""
+    """Which avatar to show: exactly one of agent_id / agent_image_url / agent_image (uploaded)."""
 
     agent_id: str | None = None
     agent_image_url: str | None = None
+    agent_image: ImageFile | None = None
     agent_prompt: str | None = None
     agent_idle_prompt: str | None = None
     idle_timeout: int | None = None
     extra_payload: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if (self.agent_id is None) == (self.agent_image_url is None):
-            raise ValueError("set exactly one of agent_id or agent_image_url")
+        faces = (self.agent_id, self.agent_image_url, self.agent_image)
+        if sum(face is not None for face in faces) != 1:
+            raise ValueError("set exactly one of agent_id, agent_image_url or agent_image")
 
 
 def read_error_text(body: Any) -> str | None:
@@ -81,6 +88,12 @@ class LemonSliceAPI:
     def _headers(self) -> dict[str, str]:
         return {"Content-Type": "application/json", "X-API-Key": self._api_key}
 
+    @property
+    def _upload_headers(self) -> dict[str, str]:
+        return {
+            "X-API-Key": self._api_key
+        }  # the multipart Content-Type (and boundary) is aiohttp's
+
     def session_payload(
         self,
         agent: LemonSliceAgent,
@@ -120,15 +133,28 @@ class LemonSliceAPI:
             livekit_token=livekit_token,
             livekit_session_id=livekit_session_id,
         )
+        image = agent.agent_image
+        upload = (
+            None
+            if image is None
+            else FormUpload(
+                json_part=PAYLOAD_PART,
+                file_part=IMAGE_PART,
+                filename=image.upload_name,
+                content_type=image.content_type,
+                data=image.data,
+            )
+        )
         reply = await self._http.post_json(
             self._sessions_url,
             payload,
-            headers=self._headers,
+            headers=self._headers if upload is None else self._upload_headers,
             operation="create session",
             creates_session=True,
             required="session_id",
             check_required=session_id_problem,
             deadline=deadline,
+            upload=upload,
         )
         return str(reply["session_id"])
 
