@@ -66,7 +66,7 @@ class FormUpload:
     data: bytes = field(repr=False)
 
     def form(self, payload: Mapping[str, Any]) -> aiohttp.FormData:
-        """A new body for one attempt (aiohttp consumes a FormData as it sends it)."""
+        """A new body for one attempt (some aiohttp versions refuse to send a FormData twice)."""
         form = aiohttp.FormData()
         form.add_field(self.json_part, json.dumps(payload), content_type="application/json")
         form.add_field(
