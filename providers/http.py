@@ -2,7 +2,8 @@
 
 Every provider client sends its requests through `ProviderHttp.post_json` / `get_json`; no provider has a
 retry loop of its own. A JSON payload can also travel as a part of a multipart body beside a file
-(`FormUpload`: LemonSlice's create with an uploaded face), under the same policy. The aiohttp session is passed in (in a job: livekit-agents' pooled per-process session).
+(`FormUpload`: LemonSlice's create with an uploaded face), under the same policy. The aiohttp session
+is passed in (in a job: livekit-agents' pooled per-process session).
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ PROVIDER = "lemonslice"
 DEFAULT_API_URL = "https://lemonslice.com/api/liveai/sessions"
 MAX_SESSION_ID = 256
 # The create with an uploaded face is multipart/form-data: the JSON body in one part, the image in
-# the other (the wire of livekit-plugins-lemonslice 1.8.9; see docs/configuration.md).
+# the other (the wire of livekit-plugins-lemonslice 1.8.9; see docs/lemonslice-meetings.md).
 PAYLOAD_PART = "payload"
 IMAGE_PART = "image"
 
@@ -90,9 +90,8 @@ class LemonSliceAPI:
 
     @property
     def _upload_headers(self) -> dict[str, str]:
-        return {
-            "X-API-Key": self._api_key
-        }  # the multipart Content-Type (and boundary) is aiohttp's
+        # No Content-Type: aiohttp writes the multipart one, with its boundary.
+        return {"X-API-Key": self._api_key}
 
     def session_payload(
         self,
