@@ -10,7 +10,8 @@ import pytest
 from providers.errors import AvatarProviderError, BadRequestError
 from providers.image_file import ImageFile, read_image_file
 from providers.lemonslice.api import LemonSliceAgent, LemonSliceAPI, read_error_text
-from tests.providers.conftest import LEMONSLICE_KEY, avatar_token, provider_http
+from providers.retry import RetryPolicy
+from tests.providers.conftest import FAST_POLICY, LEMONSLICE_KEY, avatar_token, provider_http
 from tests.support.emulators import (
     CloseConnection,
     LemonSliceEmulator,
@@ -21,9 +22,19 @@ from tests.support.emulators import (
 )
 from tests.support.faces import jpeg_face, png_face
 
+# Short waits between attempts, and room for a slow answer on a loaded machine: a create timed
+# out here would be a possible orphan, never retried, and these tests are not about timeouts.
+PATIENT_POLICY = RetryPolicy(
+    max_retries=3, base_delay=0.1, max_delay=0.4, attempt_timeout=10.0, call_deadline=30.0
+)
 
-def client(session: aiohttp.ClientSession, emulator: LemonSliceEmulator) -> LemonSliceAPI:
-    http = provider_http(session, "lemonslice", read_error_text=read_error_text)
+
+def client(
+    session: aiohttp.ClientSession,
+    emulator: LemonSliceEmulator,
+    policy: RetryPolicy = PATIENT_POLICY,
+) -> LemonSliceAPI:
+    http = provider_http(session, "lemonslice", policy, read_error_text=read_error_text)
     return LemonSliceAPI(http, api_key=LEMONSLICE_KEY, api_url=emulator.sessions_url)
 
 
@@ -115,7 +126,9 @@ async def test_an_upload_that_may_have_reached_the_provider_is_never_sent_again(
     fault: SucceedSlow | LoseReply | CloseConnection | ProcessThenFail,
 ) -> None:
     lemonslice_emulator.inject("create", fault)
-    lemonslice = client(http_session, lemonslice_emulator)
+    # a reply slower than the attempt's timeout is the fault under test: the short timeout for it
+    policy = FAST_POLICY if isinstance(fault, SucceedSlow) else PATIENT_POLICY
+    lemonslice = client(http_session, lemonslice_emulator, policy)
     with pytest.raises(AvatarProviderError) as caught:
         await start(lemonslice, LemonSliceAgent(agent_image=face_file(tmp_path, png_face())))
     assert getattr(caught.value, "may_have_reached", False)
