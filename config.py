@@ -7,8 +7,10 @@ echoed, so a mistyped secret cannot leak into a log line.
 from __future__ import annotations
 
 import ipaddress
+import re
 from datetime import timedelta
 from functools import lru_cache
+from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
 
@@ -22,6 +24,8 @@ from pydantic import (
     field_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from providers.image_file import ImageFile, read_image_file
 
 ProviderName = Literal["local", "lemonslice", "anam"]
 LemonSliceModel = Literal["flash", "lite", "pro"]
@@ -152,6 +156,9 @@ class Settings(BaseModel):
     lemonslice_api_url: str = DEFAULT_LEMONSLICE_API_URL
     lemonslice_agent_id: str | None = None
     lemonslice_agent_image_url: str | None = None
+    # A PNG or JPEG face uploaded with the create (instead of an agent id or an image URL). The
+    # variable names a file; the field holds its bytes, read once as the settings are loaded.
+    lemonslice_agent_image_path: ImageFile | None = None
     lemonslice_agent_prompt: str | None = None
     lemonslice_agent_idle_prompt: str | None = None
     # Seconds of silence before LemonSlice ends the session. Positive only: the provider reads a
@@ -224,6 +231,15 @@ class Settings(BaseModel):
     @classmethod
     def _image_url(cls, value: str | None) -> str | None:
         return _check_url(value, ("http", "https"))
+
+    @field_validator("lemonslice_agent_image_path", mode="before")
+    @classmethod
+    def _image_file(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            return None
+        if isinstance(value, str | Path):
+            return read_image_file(value)
+        return value
 
     @field_validator("lemonslice_meeting_url")
     @classmethod
@@ -323,16 +339,7 @@ def _cross_field_problems(settings: Settings) -> list[str]:
     if provider == "lemonslice":
         if settings.lemonslice_api_key is None:
             problems.append("LEMONSLICE_API_KEY: missing (AVATAR_PROVIDER is lemonslice)")
-        has_id = settings.lemonslice_agent_id is not None
-        has_image = settings.lemonslice_agent_image_url is not None
-        if has_id and has_image:
-            problems.append(
-                "LEMONSLICE_AGENT_ID and LEMONSLICE_AGENT_IMAGE_URL: both set; set exactly one"
-            )
-        elif not has_id and not has_image:
-            problems.append(
-                "LEMONSLICE_AGENT_ID or LEMONSLICE_AGENT_IMAGE_URL: neither set; set exactly one"
-            )
+        problems += _lemonslice_face_problems(settings)
     if provider != "lemonslice" and settings.lemonslice_meeting_url is not None:
         problems.append(
             "LEMONSLICE_MEETING_URL: set, but AVATAR_PROVIDER is not lemonslice "
@@ -354,6 +361,28 @@ def _cross_field_problems(settings: Settings) -> list[str]:
     if provider in ("lemonslice", "anam"):
         problems += _avatar_reachability_problems(settings, provider)
     return problems
+
+
+def _lemonslice_face_problems(settings: Settings) -> list[str]:
+    """Which face LemonSlice shows: an agent id, an image URL, or an uploaded image file; one only."""
+    given = [
+        name.upper()
+        for name in (
+            "lemonslice_agent_id",
+            "lemonslice_agent_image_url",
+            "lemonslice_agent_image_path",
+        )
+        if getattr(settings, name) is not None
+    ]
+    if len(given) == 1:
+        return []
+    if not given:
+        return [
+            "LEMONSLICE_AGENT_ID, LEMONSLICE_AGENT_IMAGE_URL or LEMONSLICE_AGENT_IMAGE_PATH: "
+            "none set; set exactly one"
+        ]
+    both = "both" if len(given) == 2 else "all three"
+    return [f"{' and '.join(given)}: {both} set; set exactly one"]
 
 
 def _anam_option_problems(settings: Settings) -> list[str]:
@@ -431,7 +460,9 @@ def load_settings(**overrides: Any) -> Settings:
 
 
 def _names_any(problem: str, fields: set[str]) -> bool:
-    return any(problem.startswith(field.upper()) for field in fields)
+    """Whether the variables a problem is about (the names before its colon) include one of `fields`."""
+    named = set(re.findall(r"[A-Z][A-Z0-9_]*", problem.split(":", 1)[0]))
+    return any(field.upper() in named for field in fields)
 
 
 @lru_cache(maxsize=1)

@@ -1,7 +1,9 @@
 """One JSON-over-HTTP call with the shared retry policy, typed errors and orphan accounting.
 
 Every provider client sends its requests through `ProviderHttp.post_json` / `get_json`; no provider has a
-retry loop of its own. The aiohttp session is passed in (in a job: livekit-agents' pooled per-process session).
+retry loop of its own. A JSON payload can also travel as a part of a multipart body beside a file
+(`FormUpload`: LemonSlice's create with an uploaded face), under the same policy. The aiohttp session
+is passed in (in a job: livekit-agents' pooled per-process session).
 """
 
 from __future__ import annotations
@@ -52,6 +54,29 @@ PROVIDER_TEXT_LIMIT = 200
 
 
 @dataclass(frozen=True)
+class FormUpload:
+    """Send a JSON payload as part `json_part` of a multipart/form-data body, beside one file.
+
+    The file's bytes are held here, read once: every attempt sends the same bytes.
+    """
+
+    json_part: str
+    file_part: str
+    filename: str
+    content_type: str
+    data: bytes = field(repr=False)
+
+    def form(self, payload: Mapping[str, Any]) -> aiohttp.FormData:
+        """A new body for one attempt (some aiohttp versions refuse to send a FormData twice)."""
+        form = aiohttp.FormData()
+        form.add_field(self.json_part, json.dumps(payload), content_type="application/json")
+        form.add_field(
+            self.file_part, self.data, filename=self.filename, content_type=self.content_type
+        )
+        return form
+
+
+@dataclass(frozen=True)
 class _Request:
     method: str
     url: str
@@ -61,6 +86,7 @@ class _Request:
     creates_session: bool = False
     required: str | None = None
     check_required: FieldCheck | None = None
+    upload: FormUpload | None = None
 
 
 @dataclass(frozen=True)
@@ -95,8 +121,12 @@ class ProviderHttp:
         required: str | None = None,
         check_required: FieldCheck | None = None,
         deadline: float | None = None,
+        upload: FormUpload | None = None,
     ) -> dict[str, Any]:
         """POST `payload` as JSON, retrying per the policy; returns the decoded JSON object.
+
+        With `upload`, the body is multipart/form-data: `payload` as one JSON part beside a file
+        (`headers` then carry no Content-Type: aiohttp writes it, with the boundary).
 
         `required` names a field the reply must carry as a non-empty string (else a protocol error);
         `check_required` says what else is wrong with it, if anything (also a protocol error).
@@ -110,7 +140,15 @@ class ProviderHttp:
         `deadline` (loop time) caps the call further, e.g. by the avatar start's own deadline.
         """
         request = _Request(
-            "POST", url, payload, headers, operation, creates_session, required, check_required
+            "POST",
+            url,
+            payload,
+            headers,
+            operation,
+            creates_session,
+            required,
+            check_required,
+            upload,
         )
         return await self._call(request, deadline)
 
@@ -192,7 +230,7 @@ class ProviderHttp:
             async with self.session.request(
                 request.method,
                 request.url,
-                json=request.payload,
+                **_body(request),
                 headers=dict(request.headers),
                 timeout=aiohttp.ClientTimeout(total=attempt_timeout),
                 allow_redirects=False,
@@ -345,6 +383,13 @@ class ProviderHttp:
             reason,
             extra={"provider": self.provider, "operation": operation, "possible_orphan": True},
         )
+
+
+def _body(request: _Request) -> dict[str, Any]:
+    """The body's keyword for aiohttp: JSON, or a fresh multipart form for this attempt."""
+    if request.upload is not None and request.payload is not None:
+        return {"data": request.upload.form(request.payload)}
+    return {"json": request.payload}
 
 
 def _request_id(headers: Mapping[str, str]) -> str | None:

@@ -108,6 +108,7 @@ def _lemonslice(settings: Settings, session: aiohttp.ClientSession) -> ProviderS
     agent = lemonslice_api.LemonSliceAgent(
         agent_id=settings.lemonslice_agent_id,
         agent_image_url=settings.lemonslice_agent_image_url,
+        agent_image=settings.lemonslice_agent_image_path,  # the file's bytes, read with the settings
         agent_prompt=settings.lemonslice_agent_prompt,
         agent_idle_prompt=settings.lemonslice_agent_idle_prompt,
         idle_timeout=settings.lemonslice_idle_timeout,

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from config import ConfigError, Settings, load_settings
+from tests.support.faces import jpeg_face, png_face
 
 LIVEKIT = {
     "LIVEKIT_URL": "wss://example.livekit.cloud",
@@ -93,7 +94,7 @@ def test_every_problem_is_named_in_one_error(monkeypatch: pytest.MonkeyPatch) ->
         "AVATAR_TOKEN_TTL",
         "AVATAR_JOIN_TIMEOUT",
         "LEMONSLICE_API_KEY",
-        "LEMONSLICE_AGENT_ID or LEMONSLICE_AGENT_IMAGE_URL",
+        "LEMONSLICE_AGENT_ID, LEMONSLICE_AGENT_IMAGE_URL or LEMONSLICE_AGENT_IMAGE_PATH",
     }
     assert "ls-secret-key-0001" not in str(caught.value)
     assert "livekit-secret-value-that-must-not-leak" not in str(caught.value)
@@ -313,3 +314,123 @@ def test_the_meeting_url_stays_out_of_the_repr(monkeypatch: pytest.MonkeyPatch) 
     settings = load_settings()
     assert settings.lemonslice_meeting_url == "https://zoom.us/j/1?pwd=meeting-passcode"
     assert "meeting-passcode" not in repr(settings) + str(settings)
+
+
+LEMONSLICE = {"LEMONSLICE_API_KEY": "ls-secret-key-0001"}
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "content_type"),
+    [("face.png", png_face(), "image/png"), ("face.jpeg", jpeg_face(), "image/jpeg")],
+)
+def test_an_image_file_is_read_once_as_the_settings_load(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, name: str, content: bytes, content_type: str
+) -> None:
+    (tmp_path / name).write_bytes(content)
+    configure(monkeypatch, **LEMONSLICE, LEMONSLICE_AGENT_IMAGE_PATH=name)  # relative: from the cwd
+    settings = load_settings()
+    (tmp_path / name).write_bytes(b"changed after start")
+    image = settings.lemonslice_agent_image_path
+    assert image is not None
+    assert (image.content_type, image.data, image.path) == (content_type, content, Path(name))
+    assert settings.provider == "lemonslice"
+    assert str(content[:24]) not in repr(settings)  # the bytes stay out of the repr
+
+
+def test_the_image_type_is_read_from_the_bytes_not_the_name(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / "face.png").write_bytes(jpeg_face())
+    configure(monkeypatch, **LEMONSLICE, LEMONSLICE_AGENT_IMAGE_PATH=str(tmp_path / "face.png"))
+    image = load_settings().lemonslice_agent_image_path
+    assert image is not None and image.content_type == "image/jpeg"
+    assert image.upload_name == "image.jpg"
+
+
+def _bad_image_path(tmp_path: Path, case: str) -> str:
+    if case == "missing":
+        return str(tmp_path / "nowhere.png")
+    if case == "directory":
+        return str(tmp_path)
+    if case == "empty":
+        (tmp_path / "empty.png").write_bytes(b"")
+        return str(tmp_path / "empty.png")
+    if case == "text":
+        (tmp_path / "notes.png").write_text("this is not a picture\n")
+        return str(tmp_path / "notes.png")
+    if case == "gif":
+        (tmp_path / "face.gif").write_bytes(b"GIF89a" + bytes(32))
+        return str(tmp_path / "face.gif")
+    if case == "cut png":  # the PNG signature, and nothing after it
+        (tmp_path / "cut.png").write_bytes(png_face()[:8])
+        return str(tmp_path / "cut.png")
+    assert case == "unreadable"  # a file used as a directory: no open() can read it, even as root
+    (tmp_path / "plain.png").write_bytes(png_face())
+    return str(tmp_path / "plain.png" / "face.png")
+
+
+@pytest.mark.parametrize(
+    ("case", "says"),
+    [
+        ("missing", "no such file"),
+        ("directory", "a directory, not an image file"),
+        ("empty", "the file is empty"),
+        ("text", "not a PNG or JPEG image"),
+        ("gif", "not a PNG or JPEG image"),
+        ("cut png", "not a PNG or JPEG image"),
+        ("unreadable", "cannot be read"),
+    ],
+)
+def test_an_unusable_image_file_is_named_alone(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, case: str, says: str
+) -> None:
+    path = _bad_image_path(tmp_path, case)
+    problems = problems_of(monkeypatch, **LEMONSLICE, LEMONSLICE_AGENT_IMAGE_PATH=path)
+    # One problem, about the file: not also "no face set" for the value that could not be used.
+    assert len(problems) == 1, problems
+    assert problems[0].startswith(f"LEMONSLICE_AGENT_IMAGE_PATH: {says}")
+
+
+def test_a_relative_image_path_that_is_missing_says_where_it_was_looked_for(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    problems = problems_of(monkeypatch, **LEMONSLICE, LEMONSLICE_AGENT_IMAGE_PATH="faces/me.png")
+    assert problems == [
+        f"LEMONSLICE_AGENT_IMAGE_PATH: no such file (a relative path is read from {tmp_path})"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("faces", "expected"),
+    [
+        (
+            {"LEMONSLICE_AGENT_IMAGE_URL": "https://cdn.example.com/face.png"},
+            "LEMONSLICE_AGENT_IMAGE_URL and LEMONSLICE_AGENT_IMAGE_PATH: both set; set exactly one",
+        ),
+        (
+            {"LEMONSLICE_AGENT_ID": "agent-7"},
+            "LEMONSLICE_AGENT_ID and LEMONSLICE_AGENT_IMAGE_PATH: both set; set exactly one",
+        ),
+        (
+            {
+                "LEMONSLICE_AGENT_ID": "agent-7",
+                "LEMONSLICE_AGENT_IMAGE_URL": "https://cdn.example.com/face.png",
+            },
+            "LEMONSLICE_AGENT_ID and LEMONSLICE_AGENT_IMAGE_URL and LEMONSLICE_AGENT_IMAGE_PATH: "
+            "all three set; set exactly one",
+        ),
+    ],
+)
+def test_an_image_file_beside_another_face_is_refused_naming_both(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, faces: dict[str, str], expected: str
+) -> None:
+    (tmp_path / "face.png").write_bytes(png_face())
+    problems = problems_of(
+        monkeypatch, **LEMONSLICE, LEMONSLICE_AGENT_IMAGE_PATH="face.png", **faces
+    )
+    assert problems == [expected]
+
+
+def test_a_bad_image_url_is_not_also_reported_as_no_face(monkeypatch: pytest.MonkeyPatch) -> None:
+    problems = problems_of(monkeypatch, **LEMONSLICE, LEMONSLICE_AGENT_IMAGE_URL="face.png")
+    assert [p.split(":")[0] for p in problems] == ["LEMONSLICE_AGENT_IMAGE_URL"]

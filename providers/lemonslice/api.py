@@ -10,29 +10,36 @@ from typing import Any
 from urllib.parse import quote
 
 from ..errors import ProviderProtocolError, ProviderStatusError
-from ..http import ProviderHttp
+from ..http import FormUpload, ProviderHttp
+from ..image_file import ImageFile
 
 logger = logging.getLogger("avatar.providers.lemonslice")
 
 PROVIDER = "lemonslice"
 DEFAULT_API_URL = "https://lemonslice.com/api/liveai/sessions"
 MAX_SESSION_ID = 256
+# The create with an uploaded face is multipart/form-data: the JSON body in one part, the image in
+# the other (the wire of livekit-plugins-lemonslice 1.8.9; see docs/lemonslice-meetings.md).
+PAYLOAD_PART = "payload"
+IMAGE_PART = "image"
 
 
 @dataclass(frozen=True)
 class LemonSliceAgent:
-    """Which avatar to show: exactly one of agent_id / agent_image_url."""
+    """Which avatar to show: exactly one of agent_id / agent_image_url / agent_image (uploaded)."""
 
     agent_id: str | None = None
     agent_image_url: str | None = None
+    agent_image: ImageFile | None = None
     agent_prompt: str | None = None
     agent_idle_prompt: str | None = None
     idle_timeout: int | None = None
     extra_payload: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if (self.agent_id is None) == (self.agent_image_url is None):
-            raise ValueError("set exactly one of agent_id or agent_image_url")
+        faces = (self.agent_id, self.agent_image_url, self.agent_image)
+        if sum(face is not None for face in faces) != 1:
+            raise ValueError("set exactly one of agent_id, agent_image_url or agent_image")
 
 
 def read_error_text(body: Any) -> str | None:
@@ -56,6 +63,18 @@ def session_id_problem(session_id: str) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class JoinedMeeting:
+    """LemonSlice's bot in an external meeting, and the relay that streams the meeting back."""
+
+    meeting_bot_id: str
+    websocket_url: str
+
+    def __repr__(self) -> str:
+        # The relay URL may carry a credential in its query; never show it.
+        return f"JoinedMeeting(meeting_bot_id={self.meeting_bot_id!r})"
+
+
 class LemonSliceAPI:
     def __init__(self, http: ProviderHttp, *, api_key: str, api_url: str = DEFAULT_API_URL) -> None:
         self._http = http
@@ -68,6 +87,11 @@ class LemonSliceAPI:
     @property
     def _headers(self) -> dict[str, str]:
         return {"Content-Type": "application/json", "X-API-Key": self._api_key}
+
+    @property
+    def _upload_headers(self) -> dict[str, str]:
+        # No Content-Type: aiohttp writes the multipart one, with its boundary.
+        return {"X-API-Key": self._api_key}
 
     def session_payload(
         self,
@@ -108,15 +132,28 @@ class LemonSliceAPI:
             livekit_token=livekit_token,
             livekit_session_id=livekit_session_id,
         )
+        image = agent.agent_image
+        upload = (
+            None
+            if image is None
+            else FormUpload(
+                json_part=PAYLOAD_PART,
+                file_part=IMAGE_PART,
+                filename=image.upload_name,
+                content_type=image.content_type,
+                data=image.data,
+            )
+        )
         reply = await self._http.post_json(
             self._sessions_url,
             payload,
-            headers=self._headers,
+            headers=self._headers if upload is None else self._upload_headers,
             operation="create session",
             creates_session=True,
             required="session_id",
             check_required=session_id_problem,
             deadline=deadline,
+            upload=upload,
         )
         return str(reply["session_id"])
 
@@ -196,81 +233,67 @@ class LemonSliceAPI:
             )
         return status
 
+    async def join_meeting(
+        self,
+        session_id: str,
+        *,
+        meeting_url: str,
+        livekit_url: str,
+        broadcast_token: str,
+        bot_name: str | None = None,
+        deadline: float | None = None,
+    ) -> JoinedMeeting:
+        """Send the session's avatar into a Zoom / Meet / Teams / Webex meeting.
 
-@dataclass(frozen=True)
-class JoinedMeeting:
-    """LemonSlice's bot in an external meeting, and the relay that streams the meeting back."""
-
-    meeting_bot_id: str
-    websocket_url: str
-
-    def __repr__(self) -> str:
-        # The relay URL may carry a credential in its query; never show it.
-        return f"JoinedMeeting(meeting_bot_id={self.meeting_bot_id!r})"
-
-
-async def join_meeting(
-    lemonslice: LemonSliceAPI,
-    session_id: str,
-    *,
-    meeting_url: str,
-    livekit_url: str,
-    broadcast_token: str,
-    bot_name: str | None = None,
-    deadline: float | None = None,
-) -> JoinedMeeting:
-    """Send the session's avatar into a Zoom / Meet / Teams / Webex meeting.
-
-    Not retried after it may have reached LemonSlice: a second join would put a second bot in.
-    """
-    payload: dict[str, Any] = {
-        "session_id": session_id,
-        "meeting_url": meeting_url,
-        "livekit_url": livekit_url,
-        "broadcast_token": broadcast_token,
-    }
-    if bot_name:
-        payload["bot_name"] = bot_name
-    reply = await lemonslice._http.post_json(
-        f"{lemonslice._session_url(session_id)}/join-meeting",
-        payload,
-        headers=lemonslice._headers,
-        operation="join meeting",
-        creates_session=True,
-        required="meeting_bot_id",
-        deadline=deadline,
-    )
-    relay = reply.get("websocket_url")
-    if not isinstance(relay, str) or not relay.startswith(("ws://", "wss://")):
-        raise ProviderProtocolError(
-            "lemonslice join meeting: the reply has no ws(s) websocket_url",
-            provider=PROVIDER,
-            status_code=200,
-        )
-    return JoinedMeeting(meeting_bot_id=str(reply["meeting_bot_id"]), websocket_url=relay)
-
-
-async def leave_meeting(
-    lemonslice: LemonSliceAPI,
-    session_id: str,
-    meeting_bot_id: str,
-    *,
-    deadline: float | None = None,
-) -> None:
-    """Take the bot out of the meeting. A 404 means it is gone already (session or bot ended)."""
-    try:
-        await lemonslice._http.post_json(
-            f"{lemonslice._session_url(session_id)}/leave-meeting",
-            {"meeting_bot_id": meeting_bot_id},
-            headers=lemonslice._headers,
-            operation="leave meeting",
+        Not retried after it may have reached LemonSlice: a second join would put a second bot in.
+        """
+        payload: dict[str, Any] = {
+            "session_id": session_id,
+            "meeting_url": meeting_url,
+            "livekit_url": livekit_url,
+            "broadcast_token": broadcast_token,
+        }
+        if bot_name:
+            payload["bot_name"] = bot_name
+        reply = await self._http.post_json(
+            f"{self._session_url(session_id)}/join-meeting",
+            payload,
+            headers=self._headers,
+            operation="join meeting",
+            creates_session=True,
+            required="meeting_bot_id",
             deadline=deadline,
         )
-    except ProviderStatusError as error:
-        if error.status_code != 404:
-            raise
-        logger.info(
-            "lemonslice meeting bot of session %s was already gone (leave answered 404)",
-            session_id,
-            extra={"provider": PROVIDER, "provider_session_id": session_id},
-        )
+        relay = reply.get("websocket_url")
+        if not isinstance(relay, str) or not relay.startswith(("ws://", "wss://")):
+            raise ProviderProtocolError(
+                "lemonslice join meeting: the reply has no ws(s) websocket_url",
+                provider=PROVIDER,
+                status_code=200,
+            )
+        return JoinedMeeting(meeting_bot_id=str(reply["meeting_bot_id"]), websocket_url=relay)
+
+    async def leave_meeting(
+        self,
+        session_id: str,
+        meeting_bot_id: str,
+        *,
+        deadline: float | None = None,
+    ) -> None:
+        """Take the bot out of the meeting. A 404 means it is gone already (session or bot ended)."""
+        try:
+            await self._http.post_json(
+                f"{self._session_url(session_id)}/leave-meeting",
+                {"meeting_bot_id": meeting_bot_id},
+                headers=self._headers,
+                operation="leave meeting",
+                deadline=deadline,
+            )
+        except ProviderStatusError as error:
+            if error.status_code != 404:
+                raise
+            logger.info(
+                "lemonslice meeting bot of session %s was already gone (leave answered 404)",
+                session_id,
+                extra={"provider": PROVIDER, "provider_session_id": session_id},
+            )

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from ..session import LiveKitCredentials, describe
-from .api import JoinedMeeting, LemonSliceAPI, join_meeting, leave_meeting
+from .api import JoinedMeeting, LemonSliceAPI
 from .meeting_token import DEFAULT_BROADCAST_TTL, mint_broadcast_token
 
 logger = logging.getLogger("avatar.providers.lemonslice.meeting")
@@ -39,8 +39,7 @@ async def join(
         api_secret=plan.livekit.api_secret,
         ttl=plan.broadcast_ttl,
     )
-    return await join_meeting(
-        api,
+    return await api.join_meeting(
         session_id,
         meeting_url=plan.meeting_url,
         livekit_url=livekit_url,
@@ -55,7 +54,7 @@ async def leave(
 ) -> None:
     """Leave, logging a failure: terminating the session after this still removes the bot."""
     try:
-        await leave_meeting(api, session_id, meeting.meeting_bot_id, deadline=deadline)
+        await api.leave_meeting(session_id, meeting.meeting_bot_id, deadline=deadline)
     except (Exception, asyncio.CancelledError) as error:
         logger.warning(
             "could not take the lemonslice bot of session %s out of its meeting (%s); "

@@ -34,6 +34,7 @@ from tests.support.emulators import (
     SucceedSlow,
 )
 from tests.support.emulators.anam import concurrent_session_limit, rate_limited, spend_cap_reached
+from tests.support.faces import jpeg_face, png_face
 from tests.support.tasks import running_tasks_from
 
 LS_KEY = "ls-secret-key-for-tests"
@@ -201,7 +202,7 @@ def _set(*path_and_value: Any) -> Callable[[dict[str, Any]], None]:
         (_set("properties", "livekit_token", ""), "livekit_token"),
         (_set("properties", "livekit_token", "not-a-jwt"), "livekit_token"),
         (_set("properties", "room", "r"), "properties.room"),
-        (_set("agent_image_url", "https://example.com/a.png"), "Only one of agent_id or"),
+        (_set("agent_image_url", "https://example.com/a.png"), "Only one of agent_id,"),
         (_without("agent_id"), "Missing agent_id or agent_image_url"),
         (_set("agent_id", None), "agent_id"),
         (_set("extra", 1), "extra"),
@@ -277,6 +278,208 @@ async def test_lemonslice_accepts_image_url_and_every_optional_field(
     status, _ = await ls_create(http, lemonslice, ls_body())
     assert status == 201
     assert [s.launch.sample_rate for s in lemonslice.sessions] == [48000, 16000]
+
+
+# -- LemonSlice: the multipart create (an uploaded face) ------------------------------------------
+
+BOUNDARY = "face-upload-boundary-7f3a"
+MULTIPART = f"multipart/form-data; boundary={BOUNDARY}"
+
+
+def form_part(
+    name: str | None, data: bytes, *, filename: str | None = None, content_type: str | None = None
+) -> tuple[dict[str, str], bytes]:
+    disposition = "form-data" + (f'; name="{name}"' if name is not None else "")
+    if filename is not None:
+        disposition += f'; filename="{filename}"'
+    headers = {"Content-Disposition": disposition}
+    if content_type is not None:
+        headers["Content-Type"] = content_type
+    return headers, data
+
+
+def payload_part(body: dict[str, Any] | None = None) -> tuple[dict[str, str], bytes]:
+    payload = ls_body() if body is None else body
+    payload.pop("agent_id", None)
+    return form_part("payload", json.dumps(payload).encode(), content_type="application/json")
+
+
+def image_part(
+    data: bytes | None = None,
+    *,
+    filename: str | None = "image.png",
+    content_type: str = "image/png",
+) -> tuple[dict[str, str], bytes]:
+    image = png_face() if data is None else data
+    return form_part("image", image, filename=filename, content_type=content_type)
+
+
+def multipart_body(*parts: tuple[dict[str, str], bytes]) -> bytes:
+    """A multipart/form-data body written by hand, so a test can make any part wrong."""
+    chunks = []
+    for headers, data in parts:
+        head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+        chunks.append(f"--{BOUNDARY}\r\n{head}\r\n".encode() + data + b"\r\n")
+    return b"".join(chunks) + f"--{BOUNDARY}--\r\n".encode()
+
+
+async def ls_upload(
+    http: aiohttp.ClientSession,
+    emulator: LemonSliceEmulator,
+    body: bytes,
+    content_type: str = MULTIPART,
+) -> tuple[int, Any]:
+    headers = {"X-API-Key": LS_KEY, "Content-Type": content_type}
+    async with http.post(emulator.sessions_url, headers=headers, data=body) as response:
+        return response.status, await response.json()
+
+
+@pytest.mark.parametrize(
+    ("image", "filename", "content_type"),
+    [(png_face(), "image.png", "image/png"), (jpeg_face(), "face.jpg", "image/jpeg")],
+)
+async def test_lemonslice_a_multipart_create_with_a_face_bills_a_session(
+    http: aiohttp.ClientSession,
+    lemonslice: LemonSliceEmulator,
+    image: bytes,
+    filename: str,
+    content_type: str,
+) -> None:
+    body = ls_body(model="flash")
+    del body["agent_id"]
+    status, answer = await ls_upload(
+        http,
+        lemonslice,
+        multipart_body(
+            payload_part(dict(body)),
+            image_part(image, filename=filename, content_type=content_type),
+        ),
+    )
+    assert status == 201
+    (session,) = lemonslice.sessions
+    assert session.session_id == answer["session_id"]
+    assert dict(session.config) == body
+    assert session.image is not None
+    assert (session.image.filename, session.image.content_type) == (filename, content_type)
+    assert session.image.data == image
+
+
+async def test_lemonslice_a_create_written_by_aiohttp_form_data_is_understood(
+    http: aiohttp.ClientSession, lemonslice: LemonSliceEmulator
+) -> None:
+    """The parser reads what a real multipart writer sends, not only the bodies of these tests."""
+    payload = ls_body()
+    del payload["agent_id"]
+    form = aiohttp.FormData()
+    form.add_field("payload", json.dumps(payload), content_type="application/json")
+    form.add_field("image", png_face(), filename="image.png", content_type="image/png")
+    async with http.post(
+        lemonslice.sessions_url, headers={"X-API-Key": LS_KEY}, data=form
+    ) as response:
+        assert response.status == 201
+    (session,) = lemonslice.sessions
+    assert session.image is not None and session.image.data == png_face()
+
+
+@pytest.mark.parametrize(
+    ("parts", "detail_part"),
+    [
+        ((payload_part(),), "missing required part 'image'"),
+        ((image_part(),), "missing required part 'payload'"),
+        (
+            (payload_part(), image_part(), form_part("agent_image", b"x", filename="x.png")),
+            "unexpected part 'agent_image'",
+        ),
+        ((payload_part(), image_part(), image_part()), "part 'image' given more than once"),
+        (
+            (form_part("payload", b"{}", content_type="text/plain"), image_part()),
+            "part 'payload' must have Content-Type application/json",
+        ),
+        (
+            (form_part("payload", b"{}"), image_part()),  # no Content-Type: not read as JSON
+            "part 'payload' must have Content-Type application/json",
+        ),
+        (
+            (form_part("payload", b"{not json", content_type="application/json"), image_part()),
+            "part 'payload' is not valid JSON",
+        ),
+        (
+            (form_part("payload", b"[1]", content_type="application/json"), image_part()),
+            "part 'payload' must be a JSON object",
+        ),
+        (
+            (
+                form_part(
+                    "payload", b"{}", filename="payload.json", content_type="application/json"
+                ),
+                image_part(),
+            ),
+            "part 'payload' must be a form field",
+        ),
+        ((payload_part(), image_part(filename=None)), "part 'image' must be a file"),
+        (
+            (payload_part(), image_part(b"GIF89a" + bytes(16), content_type="image/gif")),
+            "part 'image' must have Content-Type image/png or image/jpeg",
+        ),
+        (
+            (payload_part(), image_part(b"hello, not a picture")),
+            "part 'image' is not a image/png image",
+        ),
+        (
+            (payload_part(), image_part(png_face(), content_type="image/jpeg")),
+            "part 'image' is not a image/jpeg image",
+        ),
+        (
+            (  # the payload keeps its agent_id beside the uploaded face
+                form_part(
+                    "payload", json.dumps(ls_body()).encode(), content_type="application/json"
+                ),
+                image_part(),
+            ),
+            "Only one of agent_id, agent_image_url or image",
+        ),
+        (
+            (payload_part(ls_body(agent_image_url="https://example.com/face.png")), image_part()),
+            "Only one of agent_id, agent_image_url or image",
+        ),
+        (
+            (payload_part(ls_body(extra=1)), image_part()),
+            "unexpected field 'extra'",
+        ),
+        ((form_part(None, b"x"), payload_part(), image_part()), "without a form-data name"),
+    ],
+)
+async def test_lemonslice_rejects_invalid_multipart_creates(
+    http: aiohttp.ClientSession,
+    lemonslice: LemonSliceEmulator,
+    parts: tuple[tuple[dict[str, str], bytes], ...],
+    detail_part: str,
+) -> None:
+    status, answer = await ls_upload(http, lemonslice, multipart_body(*parts))
+    assert status == 400 and detail_part in answer["detail"], answer
+    assert LIVEKIT_TOKEN not in answer["detail"]
+    assert lemonslice.sessions == ()
+
+
+@pytest.mark.parametrize(
+    ("content_type", "detail_part"),
+    [
+        ("multipart/form-data", "malformed multipart body"),  # no boundary
+        ("multipart/form-data; boundary=another-boundary", "malformed multipart body"),
+        ("multipart/mixed; boundary=" + BOUNDARY, "application/json or multipart/form-data"),
+        ("image/png", "application/json or multipart/form-data"),
+    ],
+)
+async def test_lemonslice_rejects_a_multipart_create_framed_wrong(
+    http: aiohttp.ClientSession,
+    lemonslice: LemonSliceEmulator,
+    content_type: str,
+    detail_part: str,
+) -> None:
+    body = multipart_body(payload_part(), image_part())
+    status, answer = await ls_upload(http, lemonslice, body, content_type)
+    assert status == 400 and detail_part in answer["detail"]
+    assert lemonslice.sessions == ()
 
 
 async def test_lemonslice_control_and_status_routes(

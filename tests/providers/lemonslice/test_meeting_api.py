@@ -11,8 +11,6 @@ from providers.lemonslice.api import (
     JoinedMeeting,
     LemonSliceAgent,
     LemonSliceAPI,
-    join_meeting,
-    leave_meeting,
     read_error_text,
 )
 from providers.lemonslice.meeting_token import BROADCAST_IDENTITY, mint_broadcast_token
@@ -53,8 +51,7 @@ async def test_join_sends_the_wire_fields_and_the_bot_is_in_the_meeting(
     session_id = await started(lemonslice)
     token = broadcast_token()
 
-    joined = await join_meeting(
-        lemonslice,
+    joined = await lemonslice.join_meeting(
         session_id,
         meeting_url=MEETING_URL,
         livekit_url="wss://example.livekit.cloud",
@@ -87,8 +84,7 @@ async def test_bot_name_is_left_out_when_not_given(
 ) -> None:
     lemonslice = client(http_session, lemonslice_emulator)
     session_id = await started(lemonslice)
-    await join_meeting(
-        lemonslice,
+    await lemonslice.join_meeting(
         session_id,
         meeting_url="https://meet.google.com/abc-defg-hij",
         livekit_url="wss://example.livekit.cloud",
@@ -102,16 +98,15 @@ async def test_leave_takes_the_bot_out_and_a_second_leave_is_not_an_error(
 ) -> None:
     lemonslice = client(http_session, lemonslice_emulator)
     session_id = await started(lemonslice)
-    joined = await join_meeting(
-        lemonslice,
+    joined = await lemonslice.join_meeting(
         session_id,
         meeting_url=MEETING_URL,
         livekit_url="wss://example.livekit.cloud",
         broadcast_token=broadcast_token(),
     )
 
-    await leave_meeting(lemonslice, session_id, joined.meeting_bot_id)
-    await leave_meeting(lemonslice, session_id, joined.meeting_bot_id)  # 404: gone already
+    await lemonslice.leave_meeting(session_id, joined.meeting_bot_id)
+    await lemonslice.leave_meeting(session_id, joined.meeting_bot_id)  # 404: gone already
 
     assert [r.json for r in lemonslice_emulator.requests_for("leave_meeting")] == [
         {"meeting_bot_id": joined.meeting_bot_id}
@@ -126,8 +121,7 @@ async def test_a_meeting_url_the_provider_cannot_join_is_a_bad_request(
     lemonslice = client(http_session, lemonslice_emulator)
     session_id = await started(lemonslice)
     with pytest.raises(BadRequestError):
-        await join_meeting(
-            lemonslice,
+        await lemonslice.join_meeting(
             session_id,
             meeting_url="https://example.com/not-a-meeting",
             livekit_url="wss://example.livekit.cloud",
@@ -144,8 +138,7 @@ async def test_a_join_that_may_have_arrived_is_not_sent_twice(
     session_id = await started(lemonslice)
     lemonslice_emulator.inject("join_meeting", CloseConnection())
     with pytest.raises(ProviderConnectionError):
-        await join_meeting(
-            lemonslice,
+        await lemonslice.join_meeting(
             session_id,
             meeting_url=MEETING_URL,
             livekit_url="wss://example.livekit.cloud",
@@ -159,15 +152,14 @@ async def test_leave_is_retried_through_a_passing_failure(
 ) -> None:
     lemonslice = client(http_session, lemonslice_emulator)
     session_id = await started(lemonslice)
-    joined = await join_meeting(
-        lemonslice,
+    joined = await lemonslice.join_meeting(
         session_id,
         meeting_url=MEETING_URL,
         livekit_url="wss://example.livekit.cloud",
         broadcast_token=broadcast_token(),
     )
     lemonslice_emulator.inject("leave_meeting", StatusFault(503))
-    await leave_meeting(lemonslice, session_id, joined.meeting_bot_id)
+    await lemonslice.leave_meeting(session_id, joined.meeting_bot_id)
     assert [r.status for r in lemonslice_emulator.requests_for("leave_meeting")] == [503, 200]
     assert not lemonslice_emulator.meeting(joined.meeting_bot_id).present
 
@@ -183,7 +175,7 @@ async def test_leave_with_a_wrong_key_raises(
         api_url=lemonslice_emulator.sessions_url,
     )
     with pytest.raises(ProviderStatusError) as raised:
-        await leave_meeting(wrong, session_id, "bot-1")
+        await wrong.leave_meeting(session_id, "bot-1")
     assert raised.value.status_code == 401
 
 

@@ -8,7 +8,7 @@ import struct
 
 import aiohttp
 
-from providers.lemonslice.api import LemonSliceAgent, LemonSliceAPI, join_meeting, leave_meeting
+from providers.lemonslice.api import LemonSliceAgent, LemonSliceAPI
 from providers.lemonslice.meeting_audio import INPUT_SAMPLE_RATE, MeetingAudioInput
 from providers.lemonslice.meeting_relay import MeetingChat, MeetingRelay
 from providers.lemonslice.meeting_token import mint_broadcast_token
@@ -38,8 +38,7 @@ async def test_the_meeting_is_heard_through_drops_until_the_bot_leaves(
         livekit_url="wss://example.livekit.cloud",
         livekit_token=avatar_token(),
     )
-    joined = await join_meeting(
-        lemonslice,
+    joined = await lemonslice.join_meeting(
         session_id,
         meeting_url="https://acme.webex.com/meet/room",
         livekit_url="wss://example.livekit.cloud",
@@ -76,7 +75,7 @@ async def test_the_meeting_is_heard_through_drops_until_the_bot_leaves(
             await meeting.chat("Bo", "still there?")
             assert (await chats.get()).text == "still there?"
 
-        await leave_meeting(lemonslice, session_id, joined.meeting_bot_id)
+        await lemonslice.leave_meeting(session_id, joined.meeting_bot_id)
         assert not meeting.present
     finally:
         await relay.aclose()

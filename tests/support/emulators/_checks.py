@@ -7,6 +7,10 @@ import binascii
 import json
 import re
 from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from email import policy
+from email.message import EmailMessage
+from email.parser import BytesParser
 from typing import Any
 
 from yarl import URL
@@ -36,6 +40,80 @@ def json_object_body(record: RecordedRequest) -> dict[str, Any]:
     if not isinstance(record.json, dict):
         raise Rejected(400, "request body must be a JSON object")
     return record.json
+
+
+@dataclass(frozen=True)
+class FormPart:
+    """One part of a multipart/form-data body."""
+
+    name: str
+    filename: str | None
+    content_type: str | None
+    """As the part declared it; None when it declared none."""
+    data: bytes = field(repr=False)
+
+
+def content_type_of(record: RecordedRequest) -> str:
+    return record.headers.get("Content-Type", "").split(";")[0].strip().lower()
+
+
+def multipart_form(record: RecordedRequest) -> dict[str, FormPart]:
+    """The parts of a multipart/form-data body by name; a malformed body or a repeated name is refused."""
+    if content_type_of(record) != "multipart/form-data":
+        raise Rejected(400, "Content-Type must be multipart/form-data")
+    header = record.headers["Content-Type"].encode("latin-1", "replace")
+    message = BytesParser(policy=policy.HTTP).parsebytes(
+        b"Content-Type: " + header + b"\r\n\r\n" + record.body
+    )
+    if (
+        not isinstance(message, EmailMessage)
+        or not message.is_multipart()
+        or not message.get_boundary()
+        or message.defects
+    ):
+        raise Rejected(400, "malformed multipart body")
+    parts: dict[str, FormPart] = {}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if part.defects or part.get_content_disposition() != "form-data" or not name:
+            raise Rejected(400, "malformed multipart body: a part without a form-data name")
+        name = str(name)
+        if name in parts:
+            raise Rejected(400, f"part {name!r} given more than once")
+        data = part.get_payload(decode=True)
+        parts[name] = FormPart(
+            name=name,
+            filename=part.get_filename(),
+            content_type=part.get_content_type() if "Content-Type" in part else None,
+            data=data if isinstance(data, bytes) else b"",
+        )
+    return parts
+
+
+def json_part(part: FormPart) -> dict[str, Any]:
+    """A form part that carries a JSON object, as a JSON body would."""
+    if part.filename is not None:
+        raise Rejected(400, f"part {part.name!r} must be a form field, not a file")
+    if part.content_type != "application/json":
+        raise Rejected(400, f"part {part.name!r} must have Content-Type application/json")
+    try:
+        value = json.loads(part.data)
+    except ValueError:
+        raise Rejected(400, f"part {part.name!r} is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise Rejected(400, f"part {part.name!r} must be a JSON object")
+    return value
+
+
+def check_parts(
+    parts: Mapping[str, FormPart], *, required: Collection[str], optional: Collection[str] = ()
+) -> None:
+    for name in parts:
+        if name not in required and name not in optional:
+            raise Rejected(400, f"unexpected part {name!r}")
+    for name in required:
+        if name not in parts:
+            raise Rejected(400, f"missing required part {name!r}")
 
 
 def check_keys(

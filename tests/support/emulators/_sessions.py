@@ -27,6 +27,15 @@ class AvatarLaunch:
     provider, the emulator then counts the session as ended (COMPLETED)."""
 
 
+@dataclass(frozen=True)
+class UploadedImage:
+    """A face image uploaded with a create (LemonSlice's multipart create)."""
+
+    filename: str
+    content_type: str
+    data: bytes = field(repr=False)
+
+
 class AvatarHandle(Protocol):
     async def aclose(self) -> None: ...
 
@@ -46,6 +55,8 @@ class EmulatedSession:
     """The validated body that configured it (LemonSlice: the create body; Anam: the session-token
     body, or the engine-session body of the one-call flow)."""
     launch: AvatarLaunch
+    image: UploadedImage | None = None
+    """The face uploaded with the create, if it was a multipart create with an image."""
     status: SessionStatus = "QUEUED"
     terminated: bool = False
     """True once a client asked the provider to end the session."""

@@ -2,6 +2,7 @@
 
 Routes (names for `inject` / `requests_for`):
   "create":  POST {sessions_url}                  -> 201 {"session_id"}
+             (JSON, or multipart/form-data: part "payload" the JSON body, part "image" a PNG/JPEG face)
   "control": POST {sessions_url}/{id}/control     -> {"success": true}
   "status":  GET  {sessions_url}/{id}             -> {"session_status"}
   "join_meeting":  POST {sessions_url}/{id}/join-meeting  -> {"meeting_bot_id", "websocket_url"}
@@ -20,22 +21,27 @@ from aiohttp import web
 from yarl import URL
 
 from ._checks import (
+    FormPart,
     Rejected,
     check_bool,
     check_choice,
     check_int,
     check_keys,
     check_number,
+    check_parts,
     check_str,
     check_token,
     check_url,
+    content_type_of,
     json_object_body,
+    json_part,
+    multipart_form,
     sub_object,
 )
 from ._meetings import EmulatedMeeting, broadcast_grants, validate_join
 from ._records import RecordedRequest
 from ._server import EmulatorServer, Reply
-from ._sessions import LIVE_STATUSES, AvatarLauncher, EmulatedSession, Provider
+from ._sessions import LIVE_STATUSES, AvatarLauncher, EmulatedSession, Provider, UploadedImage
 
 SESSIONS_PATH: Final = "/api/liveai/sessions"
 DEFAULT_SAMPLE_RATE: Final = 16000
@@ -50,6 +56,11 @@ CONTROL_EVENTS: Final = (
     "pose-trigger",
 )
 LIVEKIT_URL_SCHEMES: Final = ("ws", "wss", "http", "https")
+# The multipart create: the JSON body as one part, the face as the other.
+PAYLOAD_PART: Final = "payload"
+IMAGE_PART: Final = "image"
+# What each image type's file starts with (the uploaded bytes must be what their part declares).
+IMAGE_SIGNATURES: Final = {"image/png": b"\x89PNG\r\n\x1a\n", "image/jpeg": b"\xff\xd8\xff"}
 
 _OPTIONAL_TOP_LEVEL: Final = (
     "agent_id",
@@ -96,13 +107,23 @@ class LemonSliceEmulator(EmulatorServer):
         """The full create URL: what the client is configured with as its API URL."""
         return self.url + SESSIONS_PATH
 
-    def worker_settings(self, agent_id: str = "agent-emulated") -> dict[str, str]:
-        """The variables that point a worker (ours or the reference) at this emulator."""
+    def worker_settings(
+        self, agent_id: str = "agent-emulated", *, image_path: str | None = None
+    ) -> dict[str, str]:
+        """The variables that point a worker (ours or the reference) at this emulator.
+
+        With `image_path`, the worker uploads that file as the face instead of naming an agent id.
+        """
+        face = (
+            {"LEMONSLICE_AGENT_IMAGE_PATH": image_path}
+            if image_path is not None
+            else {"LEMONSLICE_AGENT_ID": agent_id}
+        )
         return {
             "AVATAR_PROVIDER": "lemonslice",
             "LEMONSLICE_API_KEY": self._api_key,
             "LEMONSLICE_API_URL": self.sessions_url,
-            "LEMONSLICE_AGENT_ID": agent_id,
+            **face,
         }
 
     # -- external meetings ------------------------------------------------------------------------
@@ -194,8 +215,18 @@ class LemonSliceEmulator(EmulatorServer):
 
     async def _create(self, request: web.Request, record: RecordedRequest) -> Reply:
         self._authenticate(record)
-        body = json_object_body(record)
-        properties = _validate_create(body, require_jwt=self._require_jwt)
+        image: UploadedImage | None = None
+        kind = content_type_of(record)
+        if kind == "multipart/form-data":
+            parts = multipart_form(record)
+            check_parts(parts, required=(PAYLOAD_PART, IMAGE_PART))
+            body = json_part(parts[PAYLOAD_PART])
+            image = _uploaded_image(parts[IMAGE_PART])
+        elif kind == "application/json":
+            body = json_object_body(record)
+        else:
+            raise Rejected(400, "Content-Type must be application/json or multipart/form-data")
+        properties = _validate_create(body, require_jwt=self._require_jwt, image=image is not None)
         session = self.create_session(
             record,
             config=body,
@@ -203,6 +234,7 @@ class LemonSliceEmulator(EmulatorServer):
             livekit_token=properties["livekit_token"],
             sample_rate=body.get("audio_sample_rate", DEFAULT_SAMPLE_RATE),
         )
+        session.image = image
         return Reply(201, {"session_id": session.session_id}, success_field="session_id")
 
     async def _control(self, request: web.Request, record: RecordedRequest) -> Reply:
@@ -261,8 +293,26 @@ def _validate_avatar_control(event: str, body: dict[str, Any]) -> None:
             check_str(body, "image_base64", where="")
 
 
-def _validate_create(body: dict[str, Any], *, require_jwt: bool) -> dict[str, Any]:
-    """Validate a create body; returns its `properties` object."""
+def _uploaded_image(part: FormPart) -> UploadedImage:
+    """The face part of a multipart create: a PNG or JPEG file whose bytes are what it declares."""
+    if part.filename is None or not part.filename.strip():
+        raise Rejected(400, f"part {IMAGE_PART!r} must be a file (with a filename)")
+    signature = IMAGE_SIGNATURES.get(part.content_type or "")
+    if signature is None:
+        allowed = " or ".join(IMAGE_SIGNATURES)
+        raise Rejected(400, f"part {IMAGE_PART!r} must have Content-Type {allowed}")
+    if not part.data.startswith(signature):
+        raise Rejected(400, f"part {IMAGE_PART!r} is not a {part.content_type} image")
+    assert part.content_type is not None
+    return UploadedImage(filename=part.filename, content_type=part.content_type, data=part.data)
+
+
+def _validate_create(body: dict[str, Any], *, require_jwt: bool, image: bool) -> dict[str, Any]:
+    """Validate a create body; returns its `properties` object.
+
+    `image`: the body came as the payload part of a multipart create with an uploaded face, which
+    then takes the place of agent_id / agent_image_url (neither may be given beside it).
+    """
     check_keys(
         body, where="", required=("transport_type", "properties"), optional=_OPTIONAL_TOP_LEVEL
     )
@@ -283,13 +333,13 @@ def _validate_create(body: dict[str, Any], *, require_jwt: bool) -> dict[str, An
         check_str(properties, "livekit_session_id", where=where)
 
     has_id, has_image = "agent_id" in body, "agent_image_url" in body
-    if has_id and has_image:
-        raise Rejected(400, "Only one of agent_id or agent_image_url can be provided")
-    if not has_id and not has_image:
+    if sum((has_id, has_image, image)) > 1:
+        raise Rejected(400, "Only one of agent_id, agent_image_url or image can be provided")
+    if not has_id and not has_image and not image:
         raise Rejected(400, "Missing agent_id or agent_image_url")
     if has_id:
         check_str(body, "agent_id", where="")
-    else:
+    elif has_image:
         check_url(body, "agent_image_url", ("http", "https"), where="")
 
     for key in ("agent_prompt", "agent_idle_prompt"):
