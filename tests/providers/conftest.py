@@ -19,9 +19,12 @@ LIVEKIT_API_SECRET = "livekit-secret-for-tests-0123456789abcdef"
 LEMONSLICE_KEY = "ls-live-key-never-logged-4242"
 ANAM_KEY = "anam-live-key-never-logged-4343"
 
-# Small delays so fault tests run in well under a second, with the same shape as production.
+# Small delays so fault tests run in about a second, with the same shape as production. The
+# per-attempt timeout has room for a loaded machine's stalls (0.5 s ran out on a loopback round
+# trip at load average 30); the slow faults hold their reply longer (2 s and more), and as they
+# run on the test's own event loop, the timeout's timer always fires first.
 FAST_POLICY = RetryPolicy(
-    max_retries=3, base_delay=0.1, max_delay=0.4, attempt_timeout=0.5, call_deadline=4.0
+    max_retries=3, base_delay=0.1, max_delay=0.4, attempt_timeout=1.5, call_deadline=6.0
 )
 
 
