@@ -33,6 +33,9 @@ from tests.support.supervisor_harness import AGENT, KEY, Harness, gone, open_har
 
 # Renewal is due at cap - (start + join + 10 s) = 6 s after a session's start began.
 START_TIMEOUT, JOIN_TIMEOUT, CAP = 5, 15, 36
+# ... and 20 s after, where a test looks at one renewal whole: the successor's own is not due before
+# the test is done with it, however slow a loaded machine makes the steps in between.
+LONGER_CAP = 50
 RATE = 16000
 
 
@@ -68,7 +71,7 @@ async def user(harness: Harness) -> AsyncIterator[RoomUser]:
     await user.leave()
 
 
-def capped(harness: Harness, provider: str, emulator: EmulatorServer) -> Settings:
+def capped(harness: Harness, provider: str, emulator: EmulatorServer, cap: int = CAP) -> Settings:
     cap_variable = (
         "ANAM_MAX_SESSION_LENGTH_SECONDS"
         if provider == "anam"
@@ -79,7 +82,7 @@ def capped(harness: Harness, provider: str, emulator: EmulatorServer) -> Setting
         emulator,
         AVATAR_START_TIMEOUT=str(START_TIMEOUT),
         AVATAR_JOIN_TIMEOUT=str(JOIN_TIMEOUT),
-        **{cap_variable: str(CAP)},
+        **{cap_variable: str(cap)},
     )
 
 
@@ -160,7 +163,7 @@ async def test_a_capped_session_is_renewed_at_a_pause_and_nobody_hears_or_sees_a
     emulator: EmulatorServer = lemonslice[0] if provider == "lemonslice" else anam[0]
     statuses = StatusSeen(user.room)
     ears = user.hear_everyone(AUDIBLE_RMS)
-    supervisor = harness.start(capped(harness, provider, emulator))
+    supervisor = harness.start(capped(harness, provider, emulator, LONGER_CAP))
     await harness.log.wait_for("joined")
     old = supervisor.live_avatar
     assert old is not None
@@ -170,7 +173,7 @@ async def test_a_capped_session_is_renewed_at_a_pause_and_nobody_hears_or_sees_a
     published = TracksPublished(user.room)
     talking = asyncio.create_task(keep_talking(supervisor))
     try:
-        await harness.log.wait_for("renewed", timeout=40)
+        await harness.log.wait_for("renewed", timeout=60)
         new = supervisor.live_avatar
         assert new is not None and new.identity != old.identity
         switched_at = time.monotonic()
@@ -185,8 +188,8 @@ async def test_a_capped_session_is_renewed_at_a_pause_and_nobody_hears_or_sees_a
         await asyncio.gather(talking, return_exceptions=True)
 
     # the successor was made, and the old session ended, before the old one's cap
-    assert second.request.arrived_at < first.request.arrived_at + CAP
-    assert first.ended_at is not None and first.ended_at < first.request.arrived_at + CAP
+    assert second.request.arrived_at < first.request.arrived_at + LONGER_CAP
+    assert first.ended_at is not None and first.ended_at < first.request.arrived_at + LONGER_CAP
     assert first.status != "TIMED_OUT" and second.active
     if provider == "lemonslice":
         terminated = [r.path for r in emulator.requests_for("control")]
