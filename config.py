@@ -26,6 +26,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from providers.image_file import ImageFile, read_image_file
+from providers.session import RENEWAL_MARGIN
 
 ProviderName = Literal["local", "lemonslice", "anam"]
 LemonSliceModel = Literal["flash", "lite", "pro"]
@@ -176,6 +177,9 @@ class Settings(BaseModel):
     # the meeting (its audio and chat) instead of the room.
     lemonslice_meeting_url: str | None = Field(default=None, repr=False)  # may carry a passcode
     lemonslice_meeting_bot_name: str | None = Field(default=None, min_length=1, max_length=100)
+    # The longest a LemonSlice session lives (LemonSlice's docs: 30 min by default; the API has no
+    # field for it, so nothing is sent). Set, the avatar is renewed before it (docs/lifecycle.md).
+    lemonslice_max_session_length_seconds: int | None = Field(default=None, ge=1)
 
     # Anam
     anam_api_key: SecretStr | None = None
@@ -192,6 +196,9 @@ class Settings(BaseModel):
     anam_video_width: int | None = Field(default=None, ge=1)
     anam_video_height: int | None = Field(default=None, ge=1)
     anam_show_ai_avatar_disclosure: bool | None = None
+    # The persona's `maxSessionLengthSeconds`: Anam ends a session this long after it started; the
+    # avatar is renewed before that, at a pause in speech (docs/lifecycle.md).
+    anam_max_session_length_seconds: int | None = Field(default=None, ge=1)
 
     # Voice pipeline (LiveKit Inference model strings)
     stt_model: str = "deepgram/nova-3"
@@ -360,6 +367,7 @@ def _cross_field_problems(settings: Settings) -> list[str]:
         )
     if provider in ("lemonslice", "anam"):
         problems += _avatar_reachability_problems(settings, provider)
+        problems += _session_length_problems(settings, provider)
     return problems
 
 
@@ -383,6 +391,22 @@ def _lemonslice_face_problems(settings: Settings) -> list[str]:
         ]
     both = "both" if len(given) == 2 else "all three"
     return [f"{' and '.join(given)}: {both} set; set exactly one"]
+
+
+def _session_length_problems(settings: Settings, provider: ProviderName) -> list[str]:
+    """A capped session is renewed `RENEWAL_MARGIN` s plus a whole start and join before its cap."""
+    if provider == "anam":
+        variable, cap = "ANAM_MAX_SESSION_LENGTH_SECONDS", settings.anam_max_session_length_seconds
+    else:
+        variable = "LEMONSLICE_MAX_SESSION_LENGTH_SECONDS"
+        cap = settings.lemonslice_max_session_length_seconds
+    lead = settings.avatar_start_timeout + settings.avatar_join_timeout + RENEWAL_MARGIN
+    if cap is None or cap > lead:
+        return []
+    return [
+        f"{variable}: {cap} s leaves no time to renew the avatar before it ends; it must be over "
+        f"AVATAR_START_TIMEOUT + AVATAR_JOIN_TIMEOUT + {RENEWAL_MARGIN:g} s ({lead:g} s)"
+    ]
 
 
 def _anam_option_problems(settings: Settings) -> list[str]:

@@ -34,6 +34,11 @@ FALLBACKS = Counter(
 RESTARTS = Counter(
     "avatar_restarts", "New provider sessions after an avatar was lost", ["provider"]
 )
+RENEWALS = Counter(
+    "avatar_renewals",
+    "Planned renewals of a provider session before its length cap, by outcome",
+    ["provider", "outcome"],
+)
 STRAYS_REMOVED = Counter(
     "avatar_late_avatars_removed",
     "Avatars removed because they joined when they were no longer wanted",
@@ -80,6 +85,7 @@ AVATAR_METRICS = (
     SESSION_STARTS,
     FALLBACKS,
     RESTARTS,
+    RENEWALS,
     STRAYS_REMOVED,
     POSSIBLE_ORPHANS,
     UNENDED,
@@ -131,6 +137,13 @@ class AvatarMetricsRecorder:
         SESSION_STARTS.labels(self._provider, outcome, status).inc()
         if event.attempt == 0:
             FALLBACKS.labels(self._provider, "start_failed").inc()
+        self._count_orphans(event.details.get("possible_orphans"))
+
+    def _on_renewed(self, _: AvatarLifecycleMetrics) -> None:
+        RENEWALS.labels(self._provider, "renewed").inc()  # one live session replaced another
+
+    def _on_renewal_failed(self, event: AvatarLifecycleMetrics) -> None:
+        RENEWALS.labels(self._provider, "failed").inc()
         self._count_orphans(event.details.get("possible_orphans"))
 
     def _on_left(self, _: AvatarLifecycleMetrics) -> None:

@@ -46,7 +46,8 @@ class AvatarGuard:
         self._livekit = livekit
         self._timeline = timeline
         self._minted: set[str] = set()
-        self._expected: str | None = None  # the identity whose join we wait for or have
+        # the identities whose join we wait for or have: one, or two while the avatar is renewed
+        self._expected: frozenset[str] = frozenset()
         self._seen: set[str] = set()  # identities that have been in the room
         self._removing: set[str] = set()
         self._removed: dict[str, asyncio.Event] = {}  # set once that identity was removed
@@ -76,9 +77,10 @@ class AvatarGuard:
         self._minted.add(identity)
         return token
 
-    def expect(self, identity: str | None) -> None:
-        """The one avatar allowed in the room (None: none is)."""
-        self._expected = identity
+    def expect(self, *identities: str) -> None:
+        """The avatars allowed in the room (none given: none is). Two while the avatar is renewed:
+        the one that speaks and the one that takes over from it."""
+        self._expected = frozenset(identities)
 
     # -- watching the room ---------------------------------------------------------------------
 
@@ -120,7 +122,7 @@ class AvatarGuard:
 
     def _check(self, participant: rtc.RemoteParticipant) -> None:
         identity = participant.identity
-        if not self._ours(participant) or identity == self._expected or identity in self._removing:
+        if not self._ours(participant) or identity in self._expected or identity in self._removing:
             return
         self._removing.add(identity)
         self._spawn(self._remove_stray(identity), f"remove-{identity}")

@@ -38,6 +38,9 @@ AvatarEvent = Literal[
     "failed",  # it could not start or join: the agent speaks in its own voice
     "left",  # the avatar left mid-call or stopped its video: the agent took its voice back
     "recovered",  # a new avatar is up after one left
+    "renewing",  # the live avatar's session is near its length cap: its successor is starting
+    "renewed",  # speech moved to the successor at a pause; the old session is being ended
+    "renewal_failed",  # the successor did not come: the live avatar speaks on until its cap
     "removed",  # an avatar that was not (or no longer) wanted joined, and was removed
     "voice_failed",  # the agent's own voice could not be published: turns end unheard meanwhile
     "unconfirmed",  # the avatar did not confirm an utterance played; the turn went on without it

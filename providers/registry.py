@@ -50,7 +50,9 @@ def livekit_credentials(settings: Settings) -> LiveKitCredentials:
     )
 
 
-def avatar_options(settings: Settings, default_identity: str) -> AvatarOptions:
+def avatar_options(
+    settings: Settings, default_identity: str, *, session_length_cap: int | None = None
+) -> AvatarOptions:
     return AvatarOptions(
         identity=settings.avatar_identity or default_identity,
         token_ttl=settings.token_ttl,
@@ -58,6 +60,7 @@ def avatar_options(settings: Settings, default_identity: str) -> AvatarOptions:
         join_timeout=settings.avatar_join_timeout,
         max_restarts=settings.avatar_max_restarts,
         speak_before_video=settings.avatar_speak_before_video,
+        session_length_cap=session_length_cap,
     )
 
 
@@ -118,7 +121,11 @@ def _lemonslice(settings: Settings, session: aiohttp.ClientSession) -> ProviderS
     return ProviderSetup(
         name=lemonslice_api.PROVIDER,
         sample_rate=LemonSliceAvatarSession.sample_rate,
-        options=avatar_options(settings, LEMONSLICE_IDENTITY),
+        options=avatar_options(
+            settings,
+            LEMONSLICE_IDENTITY,
+            session_length_cap=settings.lemonslice_max_session_length_seconds,
+        ),
         livekit_url=_avatar_url(settings),
         new_session=lambda identity, options: LemonSliceAvatarSession(
             api=client, agent=agent, identity=identity, options=options, meeting_plan=plan
@@ -157,11 +164,16 @@ def _anam(settings: Settings, session: aiohttp.ClientSession) -> ProviderSetup:
             video_height=settings.anam_video_height,
             show_ai_avatar_disclosure=settings.anam_show_ai_avatar_disclosure,
         ),
+        max_session_length_seconds=settings.anam_max_session_length_seconds,
     )
     return ProviderSetup(
         name=anam_api.PROVIDER,
         sample_rate=AnamAvatarSession.sample_rate,
-        options=avatar_options(settings, ANAM_IDENTITY),
+        options=avatar_options(
+            settings,
+            ANAM_IDENTITY,
+            session_length_cap=settings.anam_max_session_length_seconds,
+        ),
         livekit_url=_avatar_url(settings),
         new_session=lambda identity, options: AnamAvatarSession(
             api=client, persona=persona, identity=identity, options=options

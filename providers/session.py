@@ -19,6 +19,10 @@ from typing import ClassVar
 
 logger = logging.getLogger("avatar.providers")
 
+# A session with a length cap is renewed this long, plus a whole start and join, before its cap:
+# time for the new avatar to take over at a pause in speech.
+RENEWAL_MARGIN = 10.0
+
 
 @dataclass(frozen=True)
 class LiveKitCredentials:
@@ -46,6 +50,17 @@ class AvatarOptions:
     # The agent speaks in its own voice from the start; the avatar takes over at a sentence's end
     # once its video is up (docs/first-word.md). False: speech waits for the avatar's video.
     speak_before_video: bool = True
+    # How long the provider lets one session live (None: no known cap). The avatar is renewed
+    # `renew_after` seconds after its session's start began (docs/lifecycle.md).
+    session_length_cap: float | None = None
+
+    @property
+    def renew_after(self) -> float | None:
+        """Seconds from a session's start to its planned renewal (None: it is never renewed)."""
+        if self.session_length_cap is None:
+            return None
+        lead = self.start_timeout + self.join_timeout + RENEWAL_MARGIN
+        return max(0.0, self.session_length_cap - lead)
 
 
 @dataclass(frozen=True)

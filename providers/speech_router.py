@@ -323,7 +323,8 @@ class SpeechRouter(AudioOutput):
         self._on_first_audio = on_first_audio
         self._handover_pause = handover_pause
         self._unpublish_wait = unpublish_wait  # at a handover, for the own track to go
-        self._sink: _Sink | None = None  # None: hold speech until a sink is chosen
+        self._current: _Sink | None = None  # None: hold speech until a sink is chosen
+        self._sink_changed = asyncio.Event()
         self._next_avatar: _Sink | None = None  # takes over at the next utterance
         self._own_voice: OwnVoiceOutput | None = None
         self._utterances: deque[_Utterance] = deque()
@@ -331,6 +332,16 @@ class SpeechRouter(AudioOutput):
         self._first_audio_reported: set[SinkKind] = set()
         self._closing_own_voice: set[asyncio.Task[None]] = set()
         self._closed = False
+
+    @property
+    def _sink(self) -> _Sink | None:
+        """Where speech goes now."""
+        return self._current
+
+    @_sink.setter
+    def _sink(self, sink: _Sink | None) -> None:
+        self._current = sink
+        self._sink_changed.set()
 
     def _new_sink(self, output: AudioOutput, kind: SinkKind, name: str) -> _Sink:
         return _Sink(
@@ -361,6 +372,23 @@ class SpeechRouter(AudioOutput):
             or self._own_voice_unheard(self._sink)
         ):
             self._take_next_avatar()
+
+    def speaks_through(self, identity: str) -> bool:
+        """Speech goes to the avatar `identity` (every earlier sink has played out)."""
+        sink = self._sink
+        return sink is not None and sink.kind == "avatar" and sink.name == identity
+
+    async def until_speaking_through(self, identity: str) -> None:
+        """Until speech goes to the avatar `identity` (after `to_avatar`, at a pause in speech)."""
+        while not self.speaks_through(identity):
+            self._sink_changed.clear()
+            await self._sink_changed.wait()
+
+    def drop_avatar(self, identity: str) -> None:
+        """The avatar `identity`, waiting to take over, is gone: speech stays where it is."""
+        if self._next_avatar is not None and self._next_avatar.name == identity:
+            self._next_avatar.detach()
+            self._next_avatar = None
 
     def to_own_voice(self) -> None:
         """Speak in the agent's own track from now on; what the avatar had not played is replayed.

@@ -9,6 +9,11 @@
   agent's speech to its own track at once (the utterance in flight is replayed there); then new
   provider sessions are started with backoff, up to `max_restarts`, and speech goes back to the
   avatar when its video is up.
+- Renew: a provider session with a known length cap (`AvatarOptions.session_length_cap`) is
+  renewed before it: a whole start and join plus `RENEWAL_MARGIN` before the cap, the next session
+  starts beside the live one (a new identity), and speech moves to it at a pause in speech, as
+  between two utterances; then the old one is ended. The page keeps seeing `joined`. A renewal
+  that fails keeps the old avatar until its cap; the loss at the cap is then recovered as any other.
 - Guard: an avatar we minted a token for that is not the one we expect (late after a fallback, the
   orphan of a create whose reply was lost, an old one coming back) is removed when it joins, for
   the whole job (providers/avatar_guard.py).
@@ -23,6 +28,7 @@ restarts: every callback does nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import random
@@ -68,6 +74,8 @@ class AvatarState(enum.Enum):
     LIVE = "live"  # an avatar is in the room with video; speech goes to it
     LOST = "lost"  # no avatar (it failed or left); the agent speaks in its own voice
     RESTARTING = "restarting"  # a new provider session is starting; the agent speaks meanwhile
+    # the live avatar speaks on while its successor starts beside it (its session's cap is near)
+    RENEWING = "renewing"
     ENDING = "ending"  # the job is ending: nothing routes, recovers or restarts any more
 
 
@@ -157,6 +165,10 @@ class AvatarSupervisor:
         self._voice_retries: set[asyncio.Task[None]] = set()
         self._state_changed = asyncio.Event()
         self._avatar: ProviderAvatarSession | None = None  # starting, or live (speech goes to it)
+        self._renewal: ProviderAvatarSession | None = None  # the live one's successor, starting
+        self._renewal_lost: str | None = None  # why the successor went before speech moved to it
+        self._renew_at: float | None = None  # loop time the live avatar's renewal is due
+        self._sessions_made = 0
         self._left_at: float | None = None
         self._run_task: asyncio.Task[None] | None = None
         self._closing: asyncio.Task[None] | None = None
@@ -179,6 +191,10 @@ class AvatarSupervisor:
         while self._state is not state:
             self._state_changed.clear()
             await self._state_changed.wait()
+
+    def _in(self, *states: AvatarState) -> bool:
+        """The state is one of `states` (a call: the state changes across awaits and callbacks)."""
+        return self._state in states
 
     @property
     def _ending(self) -> bool:
@@ -232,8 +248,8 @@ class AvatarSupervisor:
         # From now on nothing is "the avatar": its departure is no loss to recover from, and no
         # avatar is wanted in the room.
         self._enter(AvatarState.ENDING)
-        self._avatar = None
-        self.guard.expect(None)
+        self._avatar = self._renewal = None
+        self.guard.expect()
         # First, whatever happens next: every provider session is being ended (and any the start
         # still makes will be, at once).
         self._reaper.end_all_soon()
@@ -254,7 +270,9 @@ class AvatarSupervisor:
             return
         restarts = 0
         while True:
-            await self._until(AvatarState.LOST)
+            if await self._live_until_renewal():
+                await self._renew()
+                continue
             while True:
                 if restarts >= self._options.max_restarts:
                     self._timeline.event(
@@ -277,6 +295,29 @@ class AvatarSupervisor:
                     )
                     break
 
+    async def _live_until_renewal(self) -> bool:
+        """Until the avatar is lost (False) or its session's renewal is due (True)."""
+        renew_at = self._renew_at
+        if renew_at is None:
+            await self._until(AvatarState.LOST)
+            return False
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout_at(renew_at):
+                await self._until(AvatarState.LOST)
+                return False
+        return self._state is AvatarState.LIVE
+
+    def _plan_renewal(self, begun: float) -> None:
+        """The live avatar's session began starting at `begun` (loop time): renew it in time."""
+        renew_after = self._options.renew_after
+        self._renew_at = None if renew_after is None else begun + renew_after
+
+    def _next_identity(self) -> str:
+        """A fresh avatar identity for each provider session of the job (restart or renewal)."""
+        identity = self.guard.identity_for(self._sessions_made)
+        self._sessions_made += 1
+        return identity
+
     def _outage(self) -> dict[str, float]:
         if self._left_at is None:
             return {}
@@ -287,44 +328,19 @@ class AvatarSupervisor:
         if self._ending:
             return False
         first = attempt == 0
-        identity = self.guard.identity_for(attempt)
+        identity = self._next_identity()
         started_at = self._timeline.now()
         self._enter(AvatarState.STARTING if first else AvatarState.RESTARTING)
         self.guard.expect(identity)
         self._timeline.event("starting", attempt=attempt, identity=identity)
         session: ProviderAvatarSession | None = None
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._options.start_timeout
+        begun = asyncio.get_running_loop().time()
         try:
-            session = self._provider.new_session(identity, self._options)
-            self._reaper.add(session)
+            session = self._new_session(identity)
             self._avatar = session
             if self._on_new_avatar is not None:
                 self._on_new_avatar(session)
-            token = self.guard.mint(identity)
-            if self._on_avatar is not None:
-                self._on_avatar(self._provider.name, identity, None)
-            if first:
-                self._timeline.mark("token_minted")
-            request = ProviderStartRequest(
-                livekit_url=self._provider.livekit_url,
-                livekit_token=token,
-                room_name=self._job.name,
-                room_sid=self._job.sid,
-                deadline=deadline,
-            )
-            if first:
-                self._timeline.mark("provider_call_sent")
-            # The HTTP layer ends the call at the deadline with a typed error; this only backs it up.
-            async with asyncio.timeout_at(deadline + 1.0):
-                await session.start(request)
-            if self._on_avatar is not None:
-                self._on_avatar(self._provider.name, identity, session.session_id)
-            answered_at = self._timeline.now()
-            if first:
-                self._timeline.mark("provider_answered")
-            await self._connected()
-            await self._wait_for_video(identity)
+            answered_at = await self._bring_up(session, first=first)
         except asyncio.CancelledError:
             raise
         except Exception as error:
@@ -338,6 +354,7 @@ class AvatarSupervisor:
             self._give_up(session, attempt, RuntimeError("left right after joining"), started_at)
             return False
         self._enter(AvatarState.LIVE)
+        self._plan_renewal(begun)
         self.router.to_avatar(
             avatar_output(self._room, identity, sample_rate=session.sample_rate), identity
         )
@@ -356,6 +373,175 @@ class AvatarSupervisor:
             },
         )
         return True
+
+    def _new_session(self, identity: str) -> ProviderAvatarSession:
+        session = self._provider.new_session(identity, self._options)
+        self._reaper.add(session)  # from now on, the job's end ends it, whatever else happens
+        return session
+
+    async def _bring_up(self, session: ProviderAvatarSession, *, first: bool) -> float:
+        """Start `session` at the provider and wait for its avatar's video in the room; returns
+        the timeline's time the provider answered."""
+        identity = session.identity
+        deadline = asyncio.get_running_loop().time() + self._options.start_timeout
+        token = self.guard.mint(identity)
+        if self._on_avatar is not None:
+            self._on_avatar(self._provider.name, identity, None)
+        if first:
+            self._timeline.mark("token_minted")
+        request = ProviderStartRequest(
+            livekit_url=self._provider.livekit_url,
+            livekit_token=token,
+            room_name=self._job.name,
+            room_sid=self._job.sid,
+            deadline=deadline,
+        )
+        if first:
+            self._timeline.mark("provider_call_sent")
+        # The HTTP layer ends the call at the deadline with a typed error; this only backs it up.
+        async with asyncio.timeout_at(deadline + 1.0):
+            await session.start(request)
+        if self._on_avatar is not None:
+            self._on_avatar(self._provider.name, identity, session.session_id)
+        answered_at = self._timeline.now()
+        if first:
+            self._timeline.mark("provider_answered")
+        await self._connected()
+        await self._wait_for_video(identity)
+        return answered_at
+
+    # -- renewal before a session's length cap ------------------------------------------------
+
+    async def _renew(self) -> None:
+        """Start the live avatar's successor beside it; speech moves to it at a pause in speech,
+        then the old session is ended. Neither the user nor the page sees a fault."""
+        old = self._avatar
+        if old is None or self._state is not AvatarState.LIVE:
+            return
+        self._enter(AvatarState.RENEWING)
+        identity = self._next_identity()
+        self.guard.expect(old.identity, identity)
+        started_at = self._timeline.now()
+        begun = asyncio.get_running_loop().time()
+        self._renewal_lost = None
+        self._timeline.event(
+            "renewing",
+            provider_session_id=old.session_id,
+            identity=identity,
+            reason=f"its session's length cap ({self._options.session_length_cap:g}s) is near",
+        )
+        session: ProviderAvatarSession | None = None
+        try:
+            session = self._new_session(identity)
+            self._renewal = session
+            await self._bring_up(session, first=False)
+            if self._renewal_lost is not None or identity not in self._room.remote_participants:
+                raise RuntimeError(self._renewal_lost or "left right after joining")
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            self._renewal_failed(session, error, started_at)
+            return
+        if self._ending:
+            return
+        if self._in(AvatarState.RENEWING):
+            self.router.to_avatar(
+                avatar_output(self._room, identity, sample_rate=session.sample_rate), identity
+            )
+            await self._until_switched(identity)
+            if self._ending:
+                return
+            if self._renewal_lost is not None:
+                self.router.drop_avatar(identity)
+                self._renewal_failed(session, RuntimeError(self._renewal_lost), started_at)
+                return
+        self._renewal = None
+        self._avatar = session
+        self.guard.expect(identity)
+        self._plan_renewal(begun)
+        if self._on_new_avatar is not None:
+            self._on_new_avatar(session)
+        timings = {"start_to_switch": round(self._timeline.now() - started_at, 3)}
+        if self._in(AvatarState.RENEWING):
+            self._enter(AvatarState.LIVE)
+            self._timeline.event(
+                "renewed",
+                provider_session_id=session.session_id,
+                identity=identity,
+                reason=f"speech moved from {old.identity} at a pause; its session is ended",
+                timings=timings,
+            )
+            self._reaper.end_soon(old)
+            return
+        # The old avatar went first (its cap came before a pause, or a fault): this one recovers.
+        self._enter(AvatarState.LIVE)
+        self.router.to_avatar(
+            avatar_output(self._room, identity, sample_rate=session.sample_rate), identity
+        )
+        self._timeline.event(
+            "joined",
+            provider_session_id=session.session_id,
+            identity=identity,
+            timings={"start_to_join": round(self._timeline.now() - started_at, 3)},
+        )
+        self._timeline.event(
+            "recovered",
+            provider_session_id=session.session_id,
+            identity=identity,
+            timings={**timings, **self._outage()},
+        )
+
+    async def _until_switched(self, identity: str) -> None:
+        """Until speech goes to the avatar `identity`, or the renewal ends otherwise (the old
+        avatar or the new one gone, the job ending)."""
+        switched = asyncio.ensure_future(self.router.until_speaking_through(identity))
+        try:
+            while not switched.done():
+                if self._state is not AvatarState.RENEWING or self._renewal_lost is not None:
+                    return
+                self._state_changed.clear()
+                changed = asyncio.ensure_future(self._state_changed.wait())
+                try:
+                    await asyncio.wait({switched, changed}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    changed.cancel()
+        finally:
+            switched.cancel()
+
+    def _renewal_failed(
+        self, session: ProviderAvatarSession | None, error: Exception, started_at: float
+    ) -> None:
+        """The successor did not come: the live avatar speaks on until its cap (a loss there is
+        recovered as any other). Not a fault the page sees."""
+        if self._ending:
+            return
+        self._renewal = None
+        self._renew_at = None  # one renewal per session: a second would have no time left
+        live = self._avatar if self._state is AvatarState.RENEWING else None
+        if live is not None:
+            self._enter(AvatarState.LIVE)
+            self.guard.expect(live.identity)
+        else:
+            self.guard.expect()
+        self._timeline.event(
+            "renewal_failed",
+            level=logging.WARNING,
+            provider_session_id=session.session_id if session else None,
+            reason=describe(error),
+            error_type=type(error).__name__,
+            http_status=getattr(error, "status_code", None),
+            possible_orphans=self._provider.possible_orphans(),
+            timings={"after": round(self._timeline.now() - started_at, 3)},
+        )
+        if session is not None:
+            self._reaper.end_soon(session, given_up=True)
+        self.guard.remove_strays()
+
+    def _renewal_gone(self, reason: str) -> None:
+        """The successor left or stopped its video before speech moved to it."""
+        if self._renewal_lost is None:
+            self._renewal_lost = reason
+            self._state_changed.set()  # wakes `_until_switched`
 
     async def _wait_for_video(self, identity: str) -> None:
         limit = self._options.join_timeout
@@ -379,7 +565,7 @@ class AvatarSupervisor:
         if self._ending:
             return  # the end takes care of the session; nothing is routed any more
         self._avatar = None
-        self.guard.expect(None)
+        self.guard.expect()
         self._enter(AvatarState.LOST)
         if attempt == 0:
             self.router.to_own_voice()
@@ -416,9 +602,12 @@ class AvatarSupervisor:
         return self._avatar if self._live_identity() is not None else None
 
     def _live_identity(self) -> str | None:
-        if self._state is AvatarState.LIVE and self._avatar is not None:
+        if self._state in (AvatarState.LIVE, AvatarState.RENEWING) and self._avatar is not None:
             return self._avatar.identity
         return None
+
+    def _renewal_identity(self) -> str | None:
+        return self._renewal.identity if self._renewal is not None else None
 
     def _on_participant_disconnected(self, participant: rtc.RemoteParticipant) -> None:
         if self._ending:
@@ -427,20 +616,26 @@ class AvatarSupervisor:
             # The session closes on this too, but only after its own teardown: do not wait for it.
             self.begin_end()
             return
-        if participant.identity == self._live_identity():
+        if participant.identity in (self._live_identity(), self._renewal_identity()):
             reason = rtc.DisconnectReason.Name(
                 participant.disconnect_reason or rtc.DisconnectReason.UNKNOWN_REASON
             )
-            self._avatar_lost(f"left the room ({reason})")
+            self._gone(participant.identity, f"left the room ({reason})")
 
     def _on_track_unpublished(
         self, publication: rtc.RemoteTrackPublication, participant: rtc.RemoteParticipant
     ) -> None:
-        if (
-            participant.identity == self._live_identity()
-            and publication.kind == rtc.TrackKind.KIND_VIDEO
+        if publication.kind == rtc.TrackKind.KIND_VIDEO and participant.identity in (
+            self._live_identity(),
+            self._renewal_identity(),
         ):
-            self._avatar_lost("stopped its video")
+            self._gone(participant.identity, "stopped its video")
+
+    def _gone(self, identity: str, reason: str) -> None:
+        if identity == self._live_identity():
+            self._avatar_lost(reason)
+        else:
+            self._renewal_gone(reason)
 
     def _on_sink_failed(self, kind: SinkKind, error: BaseException) -> None:
         if kind == "avatar" and self._live_identity() is not None:
@@ -466,7 +661,7 @@ class AvatarSupervisor:
     def _spawn_retry(self, delay: float) -> None:
         async def retry() -> None:
             await asyncio.sleep(delay)
-            if not self._ending and self._state is not AvatarState.LIVE:
+            if self._state not in (AvatarState.ENDING, AvatarState.LIVE, AvatarState.RENEWING):
                 self.router.to_own_voice()
 
         task = asyncio.ensure_future(retry())
@@ -508,10 +703,12 @@ class AvatarSupervisor:
         )
 
     def _avatar_lost(self, reason: str) -> None:
-        if self._state is not AvatarState.LIVE:
+        if self._state not in (AvatarState.LIVE, AvatarState.RENEWING):
             return  # only a live avatar can be lost (and nothing is, once the job is ending)
         session, self._avatar = self._avatar, None
-        self.guard.expect(None)
+        # A successor on its way stays welcome: it takes over when its video is up.
+        successor = self._renewal_identity()
+        self.guard.expect(*([successor] if successor else []))
         self._enter(AvatarState.LOST)
         self.router.to_own_voice()  # first: the user must not wait on anything else
         self._left_at = self._timeline.now()

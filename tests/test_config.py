@@ -135,6 +135,8 @@ def test_every_problem_is_named_in_one_error(monkeypatch: pytest.MonkeyPatch) ->
         ("PROMETHEUS_PORT", "nine", "PROMETHEUS_PORT"),
         # the health endpoint already has it: the worker could not start
         ("PROMETHEUS_PORT", "8081", "PROMETHEUS_PORT"),
+        ("ANAM_MAX_SESSION_LENGTH_SECONDS", "0", "ANAM_MAX_SESSION_LENGTH_SECONDS"),
+        ("LEMONSLICE_MAX_SESSION_LENGTH_SECONDS", "1.5", "LEMONSLICE_MAX_SESSION_LENGTH_SECONDS"),
     ],
 )
 def test_an_invalid_value_is_named(
@@ -142,6 +144,27 @@ def test_an_invalid_value_is_named(
 ) -> None:
     problems = problems_of(monkeypatch, **{variable: value})
     assert [p.split(":")[0] for p in problems] == [expected]
+
+
+@pytest.mark.parametrize("provider", ["anam", "lemonslice"])
+def test_a_length_cap_too_short_to_renew_before_is_named(
+    monkeypatch: pytest.MonkeyPatch, provider: str
+) -> None:
+    variable = f"{provider.upper()}_MAX_SESSION_LENGTH_SECONDS"
+    account = (
+        {"ANAM_API_KEY": "anam-secret-key-0002", "ANAM_AVATAR_ID": "avatar-1"}
+        if provider == "anam"
+        else {"LEMONSLICE_API_KEY": "ls-secret-key-0001", "LEMONSLICE_AGENT_ID": "agent-7"}
+    )
+    timeouts = {"AVATAR_START_TIMEOUT": "20", "AVATAR_JOIN_TIMEOUT": "20"}
+    # renewal needs a whole start and join plus 10 s before the cap: over 50 s here
+    problems = problems_of(
+        monkeypatch, AVATAR_PROVIDER=provider, **account, **timeouts, **{variable: "50"}
+    )
+    assert [p.split(":")[0] for p in problems] == [variable]
+    assert "AVATAR_START_TIMEOUT + AVATAR_JOIN_TIMEOUT" in problems[0]
+    configure(monkeypatch, AVATAR_PROVIDER=provider, **account, **timeouts, **{variable: "51"})
+    assert load_settings().provider == provider
 
 
 def test_anam_needs_its_avatar_id(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -67,6 +67,7 @@ class PersonaConfig:
     avatar_model: str | None = None
     director_notes: DirectorNotes | None = None
     session_options: SessionOptions | None = None
+    max_session_length_seconds: int | None = None  # Anam ends the session this long after its start
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,8 @@ class AnamAPI:
         director_notes = persona.director_notes.wire() if persona.director_notes else {}
         if director_notes:
             persona_config["directorNotes"] = director_notes
+        if persona.max_session_length_seconds is not None:
+            persona_config["maxSessionLengthSeconds"] = persona.max_session_length_seconds
         payload: dict[str, Any] = {
             "personaConfig": persona_config,
             "environment": {"livekitUrl": livekit_url, "livekitToken": livekit_token},

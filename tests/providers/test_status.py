@@ -48,6 +48,10 @@ def event(
         (event("left", reason="stopped its video"), ("lost", "stopped its video")),
         (event("unconfirmed", reason="late"), None),
         (event("removed", reason="stray"), None),
+        # a planned renewal is no fault: the page keeps showing the avatar joined
+        (event("renewing", reason="cap near"), None),
+        (event("renewed"), None),
+        (event("renewal_failed", reason="PaymentRequiredError: 402"), None),
         (event("startup"), None),
         (event("ended"), None),
     ],

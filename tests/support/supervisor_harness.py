@@ -9,7 +9,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from livekit import rtc
+from livekit import api, rtc
 from livekit.agents import AgentSession
 
 from config import Settings, load_settings
@@ -129,10 +129,13 @@ async def connected() -> None:
 
 
 @contextlib.asynccontextmanager
-async def open_harness(server: LiveKitServer, room_prefix: str) -> AsyncIterator[Harness]:
-    """The agent in a new room; every supervisor started through the harness closed at the end."""
+async def open_harness(
+    server: LiveKitServer, room_prefix: str, *, grants: api.VideoGrants | None = None
+) -> AsyncIterator[Harness]:
+    """The agent in a new room; every supervisor started through the harness closed at the end.
+    `grants`: the agent's (e.g. to update its own attributes, as a worker's token allows)."""
     room = await connect_participant(
-        server, f"{room_prefix}-{uuid.uuid4().hex[:8]}", AGENT, kind="agent"
+        server, f"{room_prefix}-{uuid.uuid4().hex[:8]}", AGENT, kind="agent", grants=grants
     )
     harness = Harness(server, room)
     try:

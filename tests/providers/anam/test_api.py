@@ -3,6 +3,7 @@ failure cause."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -443,6 +444,24 @@ async def test_unset_options_are_left_out_for_the_models_defaults(
     last = anam_emulator.requests[-1]
     assert "directorNotes" not in last.json["personaConfig"]
     assert "sessionOptions" not in last.json
+
+
+async def test_the_session_length_cap_is_sent_in_the_persona_and_enforced(
+    http_session: aiohttp.ClientSession, anam_emulator: AnamEmulator
+) -> None:
+    persona = PersonaConfig(name="Cara", avatar_id="avatar-123", max_session_length_seconds=1)
+    await start_direct(client(http_session, anam_emulator), persona)
+
+    [request] = anam_emulator.requests
+    assert request.json["personaConfig"]["maxSessionLengthSeconds"] == 1
+    [session] = anam_emulator.sessions
+    async with asyncio.timeout(10):
+        await anam_emulator.wait_until(lambda: session.status == "TIMED_OUT")
+
+    await start_direct(
+        client(http_session, anam_emulator), PersonaConfig(name="Cara", avatar_id="avatar-123")
+    )
+    assert "maxSessionLengthSeconds" not in anam_emulator.requests[-1].json["personaConfig"]
 
 
 async def test_the_emulator_refuses_two_styles_and_the_client_does_not_retry(
