@@ -324,8 +324,8 @@ class SpeechRouter(AudioOutput):
         self._on_unconfirmed = on_unconfirmed
         self._on_first_audio = on_first_audio
         self._handover_pause = handover_pause
-        # at a handover, the own track stays up at most this long after the avatar's first audio
-        # is sent (until the avatar says it plays): what it had in flight reaches the user whole
+        # at a handover, the own track stays up until the avatar's output says it plays (the
+        # data stream says so as it sends the first frame), at most this long after it was sent
         self._unpublish_wait = unpublish_wait
         self._release_after_handover: asyncio.Task[None] | None = None
         self._sink: _Sink | None = None  # None: hold speech until a sink is chosen
@@ -447,9 +447,9 @@ class SpeechRouter(AudioOutput):
         return task
 
     def _release_own_voice_once_avatar_plays(self, avatar: _Sink) -> None:
-        """After a handover: the own track goes once the avatar says it plays (or after
-        `_unpublish_wait`), so what the own voice had in flight reaches the user whole; it is
-        silent by then. Until it goes, a lost avatar gives the speech back to it at once."""
+        """After a handover: the own track goes once the avatar's output says it plays (or after
+        `_unpublish_wait`); the own voice has played out by then. Until it goes, a lost avatar
+        gives the speech back to it at once."""
         if self._own_voice is None:
             return
 
@@ -714,8 +714,9 @@ class SpeechRouter(AudioOutput):
         self._move_waiting(utterance, own, avatar)
         own.detach()
         # A frontend plays the agent's own track rather than its avatar's while it is up (as
-        # LiveKit's components do): it goes as the avatar's first audio (the pause's end) is on
-        # its way, not before it is sent: waiting for the unpublish would add to the silence.
+        # LiveKit's components do): it goes while the avatar's first audio (the pause's last
+        # 60 ms, then the next word) is on its way; waiting for the unpublish before sending it
+        # added the unpublish's time to the silence at the switch.
         self._release_own_voice_once_avatar_plays(avatar)
 
     def _move_waiting(self, playing: _Utterance, old: _Sink, new: _Sink) -> None:
