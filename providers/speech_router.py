@@ -73,6 +73,9 @@ _SILENT_LEVEL = 80.0
 _OWN_VOICE_AHEAD = 0.4
 # At a handover, the avatar starts this far before the pause's end, so its first word is whole.
 _HANDOVER_LEAD = 0.06
+# At a handover, the avatar's first audio goes out this long after the own voice's playout
+# confirmation: the own track's audio in flight lands first even when the avatar's path is short.
+_HANDOVER_MARGIN = 0.1
 
 
 def avatar_output(room: rtc.Room, identity: str, *, sample_rate: int) -> DataStreamAudioOutput:
@@ -685,6 +688,10 @@ class SpeechRouter(AudioOutput):
             except TimeoutError:
                 own.give_up(confirmation)
         played_at = time.monotonic()
+        if confirmation is not None:
+            # The own voice's last audio is still on its way to the user (its latency grows with
+            # load: 0.33 s was seen against an avatar path of 0.30 s, which overlapped).
+            await asyncio.sleep(_HANDOVER_MARGIN)  # a timed hold of audio, not a wait for an event
         if self._closed:
             return
         if self._next_avatar is None or self._sink is not own:
