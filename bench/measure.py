@@ -9,7 +9,7 @@ import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 import aiohttp
@@ -63,7 +63,28 @@ class Measurement:
     avatar_voice_first: float | None = None
     # The silence the speech itself has at the handover (the worker's log): what the user should hear.
     natural_pause: float | None = None
+    # time.monotonic() of the handover's steps in the worker (its log) and of what the user heard:
+    # where the silence at the switch comes from (`handover_breakdown`)
+    handover_clock: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+
+    def handover_breakdown(self) -> dict[str, float]:
+        """Seconds between the handover's steps, from the own voice's flush to the avatar's first
+        voiced audio heard (empty without a handover)."""
+        clock = self.handover_clock
+        steps = ("own_flushed", "own_played", "avatar_sent", "avatar_heard")
+        if not all(step in clock for step in steps):
+            return {}
+        found = {
+            "own playout after flush": clock["own_played"] - clock["own_flushed"],
+            "own played -> avatar sent": clock["avatar_sent"] - clock["own_played"],
+            "avatar sent -> its first voice heard": clock["avatar_heard"] - clock["avatar_sent"],
+        }
+        if "own_heard_last" in clock:
+            found["own played -> its last voice heard"] = (
+                clock["own_heard_last"] - clock["own_played"]
+            )
+        return found
 
     @property
     def handover_gap(self) -> float | None:
@@ -161,6 +182,8 @@ class UserClock:
         measurement.own_voice_last = max(own) - self.started
         avatar = self._ears.audible.get(self._identity)
         measurement.avatar_voice_first = (avatar[0] if avatar else avatar_word) - self.started
+        measurement.handover_clock["own_heard_last"] = max(own)
+        measurement.handover_clock["avatar_heard"] = avatar[0] if avatar else avatar_word
 
     async def aclose(self) -> None:
         tasks = [t for t in (self._resolved, self._frame, self._word) if t is not None]
@@ -205,6 +228,7 @@ async def measure_dispatch(
         measurement.job_received = received - dispatched_at
     await wait_job_ended(worker, measurement.room)
     measurement.natural_pause = _natural_pause(worker, measurement.room)
+    measurement.handover_clock.update(_handover_clock(worker, measurement.room))
     return measurement
 
 
@@ -213,6 +237,14 @@ def _natural_pause(worker: WorkerProcess, room: str) -> float | None:
         if record.get("room") == room and isinstance(pause := record.get("natural_pause"), float):
             return pause
     return None
+
+
+def _handover_clock(worker: WorkerProcess, room: str) -> dict[str, float]:
+    for record in worker.records:
+        clock = record.get("handover_clock")
+        if record.get("room") == room and isinstance(clock, dict):
+            return {k: float(v) for k, v in clock.items() if isinstance(v, int | float)}
+    return {}
 
 
 # -- the lower bound: the provider's API chain and the avatar's boot, no pipeline ---------------

@@ -136,7 +136,7 @@ async def run_provider(
             arms.append(
                 Arm("ours, held", "today", _dispatcher(server, worker, name, emulation), worker)
             )
-        if emulation.has_reference:
+        if emulation.has_reference and args.reference:
             name, worker = reference_worker(
                 server, provider, emulation.settings(), conditions, workdir
             )
@@ -207,6 +207,10 @@ def _progress(provider: str, run: int, runs: int, arm: Arm, measurement: Measure
         f"first voice {seconds(measurement.first_voice)} s, handover gap "
         f"{_ms(measurement.handover_gap)} ms, overlap {_ms(measurement.handover_overlap)} ms"
     )
+    breakdown = measurement.handover_breakdown()
+    if breakdown:
+        steps = ", ".join(f"{name} {value * 1000:.0f}" for name, value in breakdown.items())
+        line += f"\n    handover (ms): {steps}, natural pause {_ms(measurement.natural_pause)}"
     return line + (f"  FAILED: {measurement.error}" if measurement.error else "")
 
 
@@ -290,6 +294,14 @@ def report(result: ProviderResult) -> str:
         for name in names:
             values = [trace[name] for trace in traces if name in trace]
             lines.append(f"    {name}: {statistics.median(values):.3f}")
+    for arm in result.arms:
+        breakdowns = [m.handover_breakdown() for m in arm.results]
+        breakdowns = [b for b in breakdowns if b]
+        if breakdowns:
+            lines.append(f"{arm.label}: the handover, medians over {len(breakdowns)} (ms):")
+            for name in breakdowns[0]:
+                values = [b[name] for b in breakdowns if name in b]
+                lines.append(f"    {name}: {statistics.median(values) * 1000:.0f}")
     if not result.traces and any(arm.role == "ours" for arm in result.arms):
         lines.append("(our worker logged no start-up trace record)")
     return "\n".join(lines)
@@ -424,6 +436,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         dest="today",
         action="store_false",
         help="leave out our worker with speech held for the avatar (AVATAR_SPEAK_BEFORE_VIDEO=false)",
+    )
+    parser.add_argument(
+        "--no-reference",
+        dest="reference",
+        action="store_false",
+        help="leave out the reference worker and the lower bound (our arms only: a quick look)",
     )
     parser.add_argument(
         "--first-audio-latency",

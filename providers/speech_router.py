@@ -73,6 +73,9 @@ _SILENT_LEVEL = 80.0
 _OWN_VOICE_AHEAD = 0.4
 # At a handover, the avatar starts this far before the pause's end, so its first word is whole.
 _HANDOVER_LEAD = 0.06
+# At a handover, the avatar's first audio goes out this long after the own voice's playout
+# confirmation: the own track's audio in flight lands first even when the avatar's path is short.
+_HANDOVER_MARGIN = 0.1
 
 
 def avatar_output(room: rtc.Room, identity: str, *, sample_rate: int) -> DataStreamAudioOutput:
@@ -121,6 +124,7 @@ class _Sink:
         self.name = name
         self.failed = False  # reported once; a failed own voice is replaced by `to_own_voice`
         self.on_started: Callable[[float], None] | None = None
+        self.reported_start = asyncio.Event()  # the output said it began to play a segment
         self._late_confirmation = late_confirmation
         self._on_confirmation_lost = on_confirmation_lost
         self._segments = output.captured_playout_segments
@@ -177,6 +181,7 @@ class _Sink:
             logger.debug("a confirmation for no segment is dropped", extra={"sink": self.name})
 
     def _on_started(self, event: PlaybackStartedEvent) -> None:
+        self.reported_start.set()
         if self.on_started is not None:
             self.on_started(event.created_at)
 
@@ -322,7 +327,10 @@ class SpeechRouter(AudioOutput):
         self._on_unconfirmed = on_unconfirmed
         self._on_first_audio = on_first_audio
         self._handover_pause = handover_pause
-        self._unpublish_wait = unpublish_wait  # at a handover, for the own track to go
+        # at a handover, the own track stays up until the avatar's output says it plays (the
+        # data stream says so as it sends the first frame), at most this long after it was sent
+        self._unpublish_wait = unpublish_wait
+        self._release_after_handover: asyncio.Task[None] | None = None
         self._current: _Sink | None = None  # None: hold speech until a sink is chosen
         self._sink_changed = asyncio.Event()
         self._next_avatar: _Sink | None = None  # takes over at the next utterance
@@ -403,6 +411,7 @@ class SpeechRouter(AudioOutput):
             if not self._sink.failed:
                 return
             self._release_own_voice()
+        self._keep_own_voice()
         old = self._sink
         if self._own_voice is None:
             self._own_voice = self._new_own_voice()
@@ -459,6 +468,7 @@ class SpeechRouter(AudioOutput):
                 self._release_own_voice()
 
     def _release_own_voice(self) -> asyncio.Task[None] | None:
+        self._keep_own_voice()
         own, self._own_voice = self._own_voice, None
         if own is None:
             return None
@@ -466,6 +476,29 @@ class SpeechRouter(AudioOutput):
         self._closing_own_voice.add(task)
         task.add_done_callback(self._closing_own_voice.discard)
         return task
+
+    def _release_own_voice_once_avatar_plays(self, avatar: _Sink) -> None:
+        """After a handover: the own track goes once the avatar's output says it plays (or after
+        `_unpublish_wait`); the own voice has played out by then. Until it goes, a lost avatar
+        gives the speech back to it at once."""
+        if self._own_voice is None:
+            return
+
+        async def release() -> None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._unpublish_wait):
+                    await avatar.reported_start.wait()
+            self._release_after_handover = None
+            self._release_own_voice()
+
+        self._keep_own_voice()
+        self._release_after_handover = asyncio.create_task(release(), name="own-voice-release")
+
+    def _keep_own_voice(self) -> None:
+        """The own voice is wanted again (or closed now): no release after a handover."""
+        pending, self._release_after_handover = self._release_after_handover, None
+        if pending is not None and pending is not asyncio.current_task():
+            pending.cancel()
 
     def _move(self, utterance: _Utterance, now: float) -> None:
         """Re-route an utterance from a sink that is gone to the current one."""
@@ -482,7 +515,10 @@ class SpeechRouter(AudioOutput):
             # The old sink had the time to play all of it: nothing to repeat.
             self._finish(utterance, utterance.duration, interrupted=False)
             return
-        self._play(utterance, self._sink, first_index=utterance.replay_index(utterance.heard(now)))
+        # Never before where the lost sink began: what came before was played by the one before
+        # it, to the end (an avatar that took over from the own voice at a pause, say).
+        replay = max(utterance.first_index, utterance.replay_index(utterance.heard(now)))
+        self._play(utterance, self._sink, first_index=replay)
 
     # -- the AudioOutput interface -------------------------------------------------------------
 
@@ -533,6 +569,7 @@ class SpeechRouter(AudioOutput):
             if sink is not None:
                 sink.detach()
         self._sink = self._next_avatar = None
+        self._keep_own_voice()
         if self._own_voice is not None:
             await self._own_voice.aclose()
             self._own_voice = None
@@ -664,6 +701,7 @@ class SpeechRouter(AudioOutput):
         """End the own voice's part of the utterance here, let it play out, then go on from
         `resume` on the avatar and take the own voice's track down."""
         confirmation = utterance.confirmation
+        flushed_at = time.monotonic()
         if utterance.sent > utterance.first_index:
             own.output.flush()
             utterance.sink_flushed = True
@@ -677,12 +715,11 @@ class SpeechRouter(AudioOutput):
                 )
             except TimeoutError:
                 own.give_up(confirmation)
-        if self._next_avatar is not None and self._sink is own:
-            # A frontend plays the agent's own track rather than its avatar's while it is up (as
-            # LiveKit's components do): it is taken down before the avatar says a word.
-            closing = self._release_own_voice()
-            if closing is not None:
-                await asyncio.wait({closing}, timeout=self._unpublish_wait)
+        played_at = time.monotonic()
+        if confirmation is not None:
+            # The own voice's last audio is still on its way to the user (its latency grows with
+            # load: 0.33 s was seen against an avatar path of 0.30 s, which overlapped).
+            await asyncio.sleep(_HANDOVER_MARGIN)  # a timed hold of audio, not a wait for an event
         if self._closed:
             return
         if self._next_avatar is None or self._sink is not own:
@@ -700,11 +737,22 @@ class SpeechRouter(AudioOutput):
                 "resumed_at": round(utterance.offset_of(resume), 3),
                 # the silence the speech itself has there (what a handover gap is measured against)
                 "natural_pause": round(utterance.pause_length(utterance.sent), 3),
+                # time.monotonic() of each step (the bench sets them against what the user heard)
+                "handover_clock": {
+                    "own_flushed": flushed_at,
+                    "own_played": played_at,
+                    "avatar_sent": time.monotonic(),
+                },
             },
         )
         self._play(utterance, avatar, first_index=resume)
         self._move_waiting(utterance, own, avatar)
         own.detach()
+        # A frontend plays the agent's own track rather than its avatar's while it is up (as
+        # LiveKit's components do): it goes while the avatar's first audio (the pause's last
+        # 60 ms, then the next word) is on its way; waiting for the unpublish before sending it
+        # added the unpublish's time to the silence at the switch.
+        self._release_own_voice_once_avatar_plays(avatar)
 
     def _move_waiting(self, playing: _Utterance, old: _Sink, new: _Sink) -> None:
         """Utterances queued on `old` behind `playing` (none of them begun) go to `new`."""

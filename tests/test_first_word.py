@@ -21,7 +21,12 @@ from providers.supervisor import HANDOVER_PAUSE
 from speech.espeak_tts import default_engine
 from speech.pipeline import OFFLINE_GREETING
 from speech.responder import WHO_AM_I
-from tests.support.avatar_launcher import JoinWhenReleased, LocalAvatarLauncher, NeverJoin
+from tests.support.avatar_launcher import (
+    CrashAtFirstSpeech,
+    JoinWhenReleased,
+    LocalAvatarLauncher,
+    NeverJoin,
+)
 from tests.support.dispatch import dispatch_to_workers
 from tests.support.emulators import AnamEmulator, EmulatorServer, LemonSliceEmulator
 from tests.support.livekit_server import LiveKitServer, server_api
@@ -44,6 +49,9 @@ GREETING_MARK = "offline voice"
 JOIN_TIMEOUT = 15.0
 # The avatar starts this far before the pause's end (speech_router._HANDOVER_LEAD), at most.
 LEAD = 0.1
+# From the avatar's leaving to the agent's own voice heard again, at most: the room telling the
+# agent, and the rest of the greeting on the own track (still up, or published again).
+FAILOVER_SILENCE = 1.5
 
 
 @dataclass
@@ -201,6 +209,37 @@ async def test_an_avatar_that_never_comes_leaves_the_greeting_whole_in_the_agent
             for r in call.deployment.worker.records
             if r.get("room") == call.user.room.name and "handover_at" in r
         ]
+
+
+async def test_an_avatar_lost_at_the_handover_leaves_the_rest_of_the_greeting_to_the_agents_voice(
+    livekit_server: LiveKitServer, deployment: Deployment
+) -> None:
+    """The avatar drops out of the room as the speech is handed to it (it got the first audio,
+    never said it plays): the agent goes on in its own voice, each word once, soon after."""
+    released = asyncio.Event()
+    launcher = deployment.launcher
+    before = len(launcher.launched)
+    async with call_while_the_avatar_boots(
+        livekit_server, deployment, CrashAtFirstSpeech(released)
+    ) as call:
+        released.set()
+        handover = await call.handover()  # the rest of the greeting went to the avatar
+        avatar = await launcher.wait_launched(before + 1, timeout=60)
+        left = await avatar.wait_gone(timeout=60)
+        resumed = await call.ears.heard(call.agent, after=left, timeout=30)
+
+        greeting = await call.greeting()
+        await call.listening()
+        assert words(greeting.text) == words(OFFLINE_GREETING)  # no word lost
+        assert len([t for t in call.said_by_agent() if GREETING_MARK in t.text]) == 1
+        assert not call.ears.audible.get(call.avatar)  # it said nothing before it went
+        heard = call.ears.audible[call.agent]
+        # heard to its end (eSpeak's greeting: 9.4 s from first sound to last; the router's
+        # tests check that nothing is repeated)
+        span = heard[-1] - call.first_heard
+        assert span >= 9.0, span
+        # no silence left: the own voice goes on as soon as the agent learns the avatar is gone
+        assert resumed - left < FAILOVER_SILENCE, (resumed - left, handover)
 
 
 async def test_a_sentence_spoken_during_the_bridged_greeting_is_answered_after_it(

@@ -63,6 +63,7 @@ class RecordingSink(AudioOutput):
         self.clears = 0
         self.answer_clears = True
         self.started_ago = started_ago
+        self.reports_start = True  # says playback started at its first frame (else: when told)
         self.refusal: Exception | None = None  # raised by every capture, as a track not published
         self.stalled = False  # never takes a frame
         self._open = False
@@ -76,7 +77,8 @@ class RecordingSink(AudioOutput):
         if not self._open:
             self._open = True
             self.segments.append([])
-            self.on_playback_started(created_at=time.time() - self.started_ago)
+            if self.reports_start:
+                self.on_playback_started(created_at=time.time() - self.started_ago)
         self.segments[-1].append(frame)
         self._changes.notify()
 
@@ -115,6 +117,7 @@ class Harness:
         late_confirmation: float = 5.0,
         capture_timeout: float = 10.0,
         handover_pause: float | None = None,
+        unpublish_wait: float = 0.25,
     ) -> None:
         self.changes = Changes()  # made in the test's loop: an Event belongs to one loop
         self.until = self.changes.until
@@ -137,6 +140,7 @@ class Harness:
             on_unconfirmed=lambda kind, _: self.unconfirmed.append(kind),
             on_first_audio=self.first_audio.append,
             handover_pause=handover_pause,
+            unpublish_wait=unpublish_wait,
         )
 
     def _confirmation_lost(self, kind: SinkKind) -> None:
@@ -477,8 +481,9 @@ async def test_an_avatar_takes_over_from_the_own_voice_at_the_next_sentence_end(
 
     own.finish(0.6)
     await harness.until(lambda: avatar.flushes == 1)
-    # a frontend plays the agent's own track over the avatar's: it went before the avatar spoke
-    assert harness.own_voices[0].closed
+    # the avatar's audio goes out as soon as the own voice has played out, not after its track
+    # is down; the track goes once the avatar says it plays (the own voice is silent by then)
+    await harness.until(lambda: harness.own_voices[0].closed)
     lead, rest = without_leading_silence(levels_of(avatar.segments[0]))
     assert rest == SECOND  # no word cut, none repeated
     assert 0 < lead <= 3  # the pause's last 0.06 s at most: the first word starts whole
@@ -569,3 +574,58 @@ async def test_an_avatar_lost_while_the_own_voice_plays_out_leaves_the_rest_to_t
     event = await asyncio.wait_for(router.wait_for_playout(), HANG)
     assert event.playback_position == pytest.approx(0.5 + 0.8)
     assert event.interrupted is False
+
+
+async def test_after_a_handover_the_own_track_goes_once_the_avatar_says_it_plays() -> None:
+    # a bound longer than any test: only the avatar's word releases the own track here
+    harness = Harness(handover_pause=HANDOVER_PAUSE, unpublish_wait=HANG)
+    router = harness.router
+    router.to_own_voice()
+    await harness.say(FIRST + PAUSE + SECOND)
+    own = harness.own_voices[0].output
+    await harness.until(lambda: len(own.segments) == 1 and len(own.segments[0]) >= 3)
+    avatar = harness.sink()
+    avatar.reports_start = False
+    router.to_avatar(avatar, "avatar-1")
+    await harness.until(lambda: own.flushes == 1)
+    own.finish(0.5)
+    await harness.until(lambda: avatar.flushes == 1)  # its audio is out while the track is up
+    await run_ready_tasks()
+    # what the own track still had in flight reaches the user whole: it stays up for now
+    assert not harness.own_voices[0].closed
+    avatar.on_playback_started(created_at=time.time())
+    await harness.until(lambda: harness.own_voices[0].closed)
+    assert len(harness.own_voices) == 1
+
+
+async def test_an_avatar_lost_right_after_the_handover_gives_the_rest_back_to_the_own_voice() -> (
+    None
+):
+    harness = Harness(handover_pause=HANDOVER_PAUSE, unpublish_wait=HANG)
+    router = harness.router
+    router.to_own_voice()
+    await harness.say(FIRST + PAUSE + SECOND)
+    own = harness.own_voices[0].output
+    await harness.until(lambda: len(own.segments) == 1 and len(own.segments[0]) >= 3)
+    avatar = harness.sink()
+    avatar.reports_start = False
+    router.to_avatar(avatar, "avatar-1")
+    await harness.until(lambda: own.flushes == 1)
+    own.finish(0.5)
+    await harness.until(lambda: avatar.flushes == 1)
+    router.to_own_voice()  # the avatar left before it said it plays
+    assert router.route == "own_voice"
+    await harness.until(lambda: own.flushes == 2)
+    # the same track, still up: no new publish, no silence for one
+    assert len(harness.own_voices) == 1 and not harness.own_voices[0].closed
+    # on from where the avatar began, at the pause: nothing the own voice said is repeated,
+    # nothing after it lost
+    lead, rest = without_leading_silence(levels_of(own.segments[1]))
+    assert rest == SECOND
+    assert 0 < lead <= 3
+    await run_ready_tasks()
+    assert not harness.own_voices[0].closed  # the release after the handover was called off
+    own.finish(len(own.segments[1]) * FRAME_S)  # played to its end
+    event = await asyncio.wait_for(router.wait_for_playout(), HANG)
+    assert event.interrupted is False
+    assert event.playback_position == pytest.approx(len(FIRST + PAUSE + SECOND) * FRAME_S)

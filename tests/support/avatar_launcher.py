@@ -25,6 +25,7 @@ from providers.local.participant import (
     LocalAvatarParticipant,
     _PlaybackEvent,
     _PlaybackFinished,
+    _PlaybackStarted,
 )
 from tests.support.emulators import AvatarLaunch
 
@@ -53,12 +54,39 @@ class JoinWhenReleased:
     released: asyncio.Event
 
 
-AvatarBehaviour = JoinLate | NeverJoin | NoPlaybackConfirmation | JoinWhenReleased
+@dataclass(frozen=True)
+class CrashAtFirstSpeech:
+    """The avatar joins when the test sets `released`, and drops out of the room (no goodbye, no
+    playback confirmation) the moment it begins to play the first speech the agent sends it."""
+
+    released: asyncio.Event
+
+
+AvatarBehaviour = (
+    JoinLate | NeverJoin | NoPlaybackConfirmation | JoinWhenReleased | CrashAtFirstSpeech
+)
 
 
 class _UnconfirmingAvatar(LocalAvatarParticipant):
     def _notify(self, events: Sequence[_PlaybackEvent]) -> None:
         super()._notify([event for event in events if not isinstance(event, _PlaybackFinished)])
+
+
+class _CrashingAvatar(LocalAvatarParticipant):
+    _crashing: asyncio.Task[None] | None = None
+
+    def _notify(self, events: Sequence[_PlaybackEvent]) -> None:
+        if self._crashing is None and any(isinstance(e, _PlaybackStarted) for e in events):
+            room = self.room
+            if room is not None:
+                self._crashing = asyncio.ensure_future(room.disconnect())
+        if self._crashing is None:
+            super()._notify(events)
+            return
+        # gone: nothing it was sent is played while the room lets go of it
+        self._speech.clear()
+        if self._audio_source is not None:
+            self._audio_source.clear_queue()
 
 
 class LaunchedAvatar:
@@ -180,16 +208,16 @@ class LocalAvatarLauncher:
         behaviour = self._script.popleft() if self._script else None
         if isinstance(behaviour, NeverJoin):
             return self._add(LaunchedAvatar(launch, None))
-        if isinstance(behaviour, JoinWhenReleased):
+        if isinstance(behaviour, JoinWhenReleased | CrashAtFirstSpeech):
             await behaviour.released.wait()
         boot = behaviour.seconds if isinstance(behaviour, JoinLate) else self.boot_delay
         if boot:
             await asyncio.sleep(boot)  # the provider's avatar boots
-        kind = (
-            _UnconfirmingAvatar
-            if isinstance(behaviour, NoPlaybackConfirmation)
-            else LocalAvatarParticipant
-        )
+        kind: type[LocalAvatarParticipant] = LocalAvatarParticipant
+        if isinstance(behaviour, NoPlaybackConfirmation):
+            kind = _UnconfirmingAvatar
+        elif isinstance(behaviour, CrashAtFirstSpeech):
+            kind = _CrashingAvatar
         arrived_at = time.monotonic()
         participant = kind(
             launch.livekit_url,
