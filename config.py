@@ -118,6 +118,8 @@ class Settings(BaseModel):
     avatar_provider: ProviderName | None = None
     # Room for the "-<n>" a restarted avatar's identity gets (LiveKit allows 128 characters).
     avatar_identity: str | None = Field(default=None, min_length=1, max_length=120)
+    # The avatar participant's display name (the plugins' avatar_participant_name); unset: its identity.
+    avatar_name: str | None = Field(default=None, min_length=1, max_length=256)
     # The LiveKit URL the provider's avatar joins with, when it differs from LIVEKIT_URL (a worker
     # that reaches LiveKit by an internal address; the provider's cloud needs the public one).
     avatar_livekit_url: str | None = None
@@ -268,6 +270,7 @@ class Settings(BaseModel):
         "anam_preset_style",
         "anam_custom_style_prompt",
         "avatar_identity",
+        "avatar_name",
         "avatar_provider",
         "avatar_livekit_url",
         "livekit_url",

@@ -68,6 +68,7 @@ class AvatarGuard:
             AvatarTokenRequest(
                 room_name=self._room_name,
                 avatar_identity=identity,
+                avatar_name=self._options.display_name,
                 agent_identity=self._agent_identity,
                 ttl=self._options.token_ttl,
             ),

@@ -55,6 +55,7 @@ def avatar_options(
 ) -> AvatarOptions:
     return AvatarOptions(
         identity=settings.avatar_identity or default_identity,
+        display_name=settings.avatar_name,
         token_ttl=settings.token_ttl,
         start_timeout=settings.avatar_start_timeout,
         join_timeout=settings.avatar_join_timeout,

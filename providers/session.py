@@ -36,6 +36,8 @@ class AvatarOptions:
     """Provider-independent knobs of the avatar participant and its lifecycle."""
 
     identity: str
+    # The avatar participant's display name in the room (None: its identity).
+    display_name: str | None = None
     token_ttl: timedelta = timedelta(minutes=10)
     start_timeout: float = 30.0
     join_timeout: float = 30.0

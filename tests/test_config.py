@@ -137,6 +137,7 @@ def test_every_problem_is_named_in_one_error(monkeypatch: pytest.MonkeyPatch) ->
         ("PROMETHEUS_PORT", "8081", "PROMETHEUS_PORT"),
         ("ANAM_MAX_SESSION_LENGTH_SECONDS", "0", "ANAM_MAX_SESSION_LENGTH_SECONDS"),
         ("LEMONSLICE_MAX_SESSION_LENGTH_SECONDS", "1.5", "LEMONSLICE_MAX_SESSION_LENGTH_SECONDS"),
+        ("AVATAR_NAME", "A" * 257, "AVATAR_NAME"),
     ],
 )
 def test_an_invalid_value_is_named(

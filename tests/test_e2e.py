@@ -31,6 +31,7 @@ pytestmark = pytest.mark.e2e
 LEMONSLICE_KEY = "ls-e2e-key-never-logged"
 ANAM_KEY = "anam-e2e-key-never-logged"
 PUBLISH_ON_BEHALF = "lk.publish_on_behalf"
+AVATAR_NAME = "Ada, the avatar"
 
 
 @dataclass
@@ -54,7 +55,7 @@ async def deployment(
     agent_name = f"e2e-{provider}-{uuid.uuid4().hex[:6]}"
     launcher = LocalAvatarLauncher() if provider != "local" else None
     emulator: EmulatorServer | None = None
-    extra: dict[str, str] = {"AVATAR_PROVIDER": provider}
+    extra: dict[str, str] = {"AVATAR_PROVIDER": provider, "AVATAR_NAME": AVATAR_NAME}
     if provider == "lemonslice":
         emulator = LemonSliceEmulator(api_key=LEMONSLICE_KEY, avatar_launcher=launcher)
         await emulator.start()
@@ -125,6 +126,7 @@ async def test_avatar_joins_shows_video_speaks_and_leaves_with_the_job(
         avatar = await user.wait_for_participant(identity=deployment.avatar_identity)
         assert avatar.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT
         assert avatar.attributes.get(PUBLISH_ON_BEHALF) == agent.identity
+        assert avatar.name == AVATAR_NAME
 
         # video the user decodes, and the greeting the user hears from the avatar
         frame = await user.first_video_frame(deployment.avatar_identity)

@@ -47,6 +47,22 @@ def test_grants_are_no_wider_than_the_avatar_needs() -> None:
     assert not video.hidden and not video.recorder
 
 
+def test_the_display_name_is_the_one_asked_for_else_the_identity() -> None:
+    named = mint_avatar_token(
+        AvatarTokenRequest(
+            room_name="support-42",
+            avatar_identity="lemonslice-avatar-agent",
+            avatar_name="Ada, the avatar",
+            agent_identity="agent-AJ_xyz",
+            ttl=timedelta(minutes=10),
+        ),
+        api_key=KEY,
+        api_secret=SECRET,
+    )
+    assert api.TokenVerifier(KEY, SECRET).verify(named).name == "Ada, the avatar"
+    assert api.TokenVerifier(KEY, SECRET).verify(mint()).name == "lemonslice-avatar-agent"
+
+
 def test_ttl_is_the_one_asked_for() -> None:
     token = mint(ttl=timedelta(minutes=3))
     payload = jwt.decode(token, SECRET, algorithms=["HS256"], issuer=KEY)
