@@ -125,7 +125,10 @@ class TracksPublished:
 async def say(supervisor: AvatarSupervisor, seconds: float, *, wait: bool = True) -> None:
     """One utterance of `seconds` of loud audio; `wait`: until its playout is over, as the session
     waits between utterances (the pause a renewal's switch happens at)."""
-    samples = np.full(RATE // 50, 3000, dtype=np.int16)
+    # A 400 Hz tone (8 whole periods a 20 ms frame): constant samples would be a DC level, which
+    # the audio path filters out, so a long utterance of them goes silent after its onset.
+    t = np.arange(RATE // 50) / RATE
+    samples = (3000 * np.sin(2 * np.pi * 400 * t)).astype(np.int16)
     for _ in range(round(seconds * 50)):
         await supervisor.router.capture_frame(
             rtc.AudioFrame(samples.tobytes(), RATE, 1, samples.size)
