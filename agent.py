@@ -134,12 +134,6 @@ async def run_job(ctx: JobContext, settings: Settings, voice: VoicePipeline) -> 
     # When the conversation is over (the user left, the room went away), the job is over.
     session.on("close", lambda event: ctx.shutdown(reason=f"session closed: {event.reason}"))
 
-    # The greeting's audio, if its words are known now, is made beside the connection and the
-    # session's start (docs/first-word.md).
-    early_greeting = voice.start_greeting(session)
-    if early_greeting is not None:
-        ctx.add_shutdown_callback(early_greeting.aclose)
-
     async def connect() -> None:
         await connect_room()
         timeline.mark("connected")
@@ -166,7 +160,7 @@ async def run_job(ctx: JobContext, settings: Settings, voice: VoicePipeline) -> 
 
     # The greeting is synthesised while the avatar boots. It is not awaited: nothing in the job
     # waits on speech, so the job can end at any moment.
-    _in_background(ctx, voice.greet(session, early_greeting), "greeting")
+    _in_background(ctx, voice.greet(session), "greeting")
 
 
 async def end_of_session(ctx: JobContext) -> None:

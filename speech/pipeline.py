@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 from urllib.parse import urlparse
 
-from livekit import rtc
-from livekit.agents import NOT_GIVEN, AgentSession, inference, tts
+from livekit.agents import AgentSession, inference
 
 from config import Settings
 from observability import health
@@ -56,14 +55,7 @@ class VoicePipeline(Protocol):
 
     def create_session(self) -> AgentSession[Any]: ...
 
-    def start_greeting(self, session: AgentSession[Any]) -> tts.ChunkedStream | None:
-        """The greeting's audio, started now if its words are known before the session starts
-        (it is then made while the room connects), for `greet`; None when they are not."""
-        ...
-
-    async def greet(
-        self, session: AgentSession[Any], early: tts.ChunkedStream | None = None
-    ) -> None: ...
+    async def greet(self, session: AgentSession[Any]) -> None: ...
 
     def worker_services(self) -> contextlib.AbstractContextManager[None]:
         """What the worker process runs for all its jobs, for as long as it runs."""
@@ -97,12 +89,7 @@ class CloudVoice:
             },
         )
 
-    def start_greeting(self, session: AgentSession[Any]) -> tts.ChunkedStream | None:
-        return None  # the language model words it, once the session is up
-
-    async def greet(
-        self, session: AgentSession[Any], early: tts.ChunkedStream | None = None
-    ) -> None:
+    async def greet(self, session: AgentSession[Any]) -> None:
         greeting = getattr(session.current_agent, "greeting", self.settings.agent_greeting)
         await session.generate_reply(
             instructions=greeting, allow_interruptions=GREETING_INTERRUPTIBLE
@@ -138,19 +125,8 @@ class OfflineVoice:
             },
         )
 
-    def start_greeting(self, session: AgentSession[Any]) -> tts.ChunkedStream | None:
-        # Its words are fixed: the voice's time to first audio passes while the room connects
-        # and the session starts, instead of after.
-        return session.tts.synthesize(self.greeting) if session.tts is not None else None
-
-    async def greet(
-        self, session: AgentSession[Any], early: tts.ChunkedStream | None = None
-    ) -> None:
-        await session.say(
-            self.greeting,
-            audio=_frames(early) if early is not None else NOT_GIVEN,
-            allow_interruptions=GREETING_INTERRUPTIBLE,
-        )
+    async def greet(self, session: AgentSession[Any]) -> None:
+        await session.say(self.greeting, allow_interruptions=GREETING_INTERRUPTIBLE)
 
     @contextlib.contextmanager
     def worker_services(self) -> Iterator[None]:
@@ -176,9 +152,3 @@ def build_voice(settings: Settings) -> VoicePipeline:
     if mode == "auto":
         mode = "cloud" if uses_livekit_cloud(settings.livekit_url) else "offline"
     return CloudVoice(settings) if mode == "cloud" else OfflineVoice()
-
-
-async def _frames(stream: tts.ChunkedStream) -> AsyncIterator[rtc.AudioFrame]:
-    async with stream:
-        async for audio in stream:
-            yield audio.frame
