@@ -349,10 +349,6 @@ class AvatarSupervisor:
         if self._ending:
             # The job's end began while this avatar's video was on its way: it is not to be used.
             return False
-        if identity not in self._room.remote_participants:
-            # It left between showing its video and now: that is a failure of this start.
-            self._give_up(session, attempt, RuntimeError("left right after joining"), started_at)
-            return False
         self._enter(AvatarState.LIVE)
         self._plan_renewal(begun)
         self.router.to_avatar(
@@ -372,6 +368,10 @@ class AvatarSupervisor:
                 "join_after_answer": round(now - answered_at, 3),
             },
         )
+        if identity not in self._room.remote_participants:
+            # It showed its video and left before this ran (a busy loop makes that window wide):
+            # the provider did start it, so it is lost and recovered as any avatar that drops out.
+            self._avatar_lost("left right after showing its video")
         return True
 
     def _new_session(self, identity: str) -> ProviderAvatarSession:
