@@ -524,18 +524,9 @@ class AvatarSupervisor:
         else:
             self.guard.expect()
         self._timeline.event(
-            "renewal_failed",
-            level=logging.WARNING,
-            provider_session_id=session.session_id if session else None,
-            reason=describe(error),
-            error_type=type(error).__name__,
-            http_status=getattr(error, "status_code", None),
-            possible_orphans=self._provider.possible_orphans(),
-            timings={"after": round(self._timeline.now() - started_at, 3)},
+            "renewal_failed", level=logging.WARNING, **self._failure(session, error, started_at)
         )
-        if session is not None:
-            self._reaper.end_soon(session, given_up=True)
-        self.guard.remove_strays()
+        self._drop_started(session)
 
     def _renewal_gone(self, reason: str) -> None:
         """The successor left or stopped its video before speech moved to it."""
@@ -574,13 +565,25 @@ class AvatarSupervisor:
             "failed",
             level=logging.ERROR,
             attempt=attempt,
-            provider_session_id=session.session_id if session else None,
-            reason=describe(error),
-            error_type=type(error).__name__,
-            http_status=getattr(error, "status_code", None),
-            possible_orphans=self._provider.possible_orphans(),
-            timings={"after": round(self._timeline.now() - started_at, 3)},
+            **self._failure(session, error, started_at),
         )
+        self._drop_started(session)
+
+    def _failure(
+        self, session: ProviderAvatarSession | None, error: Exception, started_at: float
+    ) -> dict[str, Any]:
+        """What a lifecycle event says of a start that failed."""
+        return {
+            "provider_session_id": session.session_id if session else None,
+            "reason": describe(error),
+            "error_type": type(error).__name__,
+            "http_status": getattr(error, "status_code", None),
+            "possible_orphans": self._provider.possible_orphans(),
+            "timings": {"after": round(self._timeline.now() - started_at, 3)},
+        }
+
+    def _drop_started(self, session: ProviderAvatarSession | None) -> None:
+        """End what a failed start may have started, and remove its avatar if it comes."""
         if session is not None:
             self._reaper.end_soon(session, given_up=True)
         self.guard.remove_strays()

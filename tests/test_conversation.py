@@ -188,12 +188,16 @@ async def test_speaking_over_a_reply_interrupts_it_at_the_avatar(
             assert first is not None
             assert len(first.text.strip()) < len(WHO_AM_I), (avatar.stats, finals())
             # Speech recognised over WebRTC (Opus) is not bit-exact: PocketSphinx has heard the
-            # second question as "hello hello who are you", "the pope who are", "who are you" and
-            # "the ah ok" (answered at "the ah", the turn's end found before its last word). The
-            # answer is the responder's answer to what was heard, or to the part heard by then.
+            # second question as "hello hello who are you", "the pope who are", "who are you",
+            # "hello" then "hello who are you", and "the ah ok" (answered at "the ah", the turn's
+            # end found before its last word). The answer is the responder's answer to what was
+            # heard, or to the part heard by then.
             assert heard()[0] == WHO_ARE_YOU, heard()
             answer, question = second.text.strip(), heard()[1]
             repeated = answer.removeprefix("You said: ").lower()
-            assert answer == reply_to(question) or (
+            # That answer can be cut in turn: the user still speaking after the recogniser's first
+            # final ("hello", then "hello who are you") interrupts it; it is then its beginning.
+            assert answer, finals()
+            assert reply_to(question).startswith(answer) or (
                 answer.startswith("You said: ") and question.startswith(repeated)
             ), (answer, heard())

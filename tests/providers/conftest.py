@@ -12,7 +12,9 @@ import pytest
 from providers.http import ProviderHttp
 from providers.retry import RetryPolicy
 from providers.token import AvatarTokenRequest, mint_avatar_token
+from tests.support.avatar_launcher import LocalAvatarLauncher
 from tests.support.emulators import AnamEmulator, LemonSliceEmulator
+from tests.support.supervisor_harness import KEY
 
 LIVEKIT_API_KEY = "devkey"
 LIVEKIT_API_SECRET = "livekit-secret-for-tests-0123456789abcdef"
@@ -80,3 +82,18 @@ def chosen_delays(caplog: pytest.LogCaptureFixture) -> list[float]:
 # The time between two requests is the client's wait plus a round trip and the loop's wake-up; on a
 # loaded machine that can take this long on top.
 ROUND_TRIP_HEADROOM = 1.0
+
+
+# Emulated providers whose avatars really join: the supervisor's and the renewal's tests.
+@pytest.fixture
+async def lemonslice() -> AsyncIterator[tuple[LemonSliceEmulator, LocalAvatarLauncher]]:
+    launcher = LocalAvatarLauncher()
+    async with LemonSliceEmulator(api_key=KEY, avatar_launcher=launcher) as emulator:
+        yield emulator, launcher
+
+
+@pytest.fixture
+async def anam() -> AsyncIterator[tuple[AnamEmulator, LocalAvatarLauncher]]:
+    launcher = LocalAvatarLauncher()
+    async with AnamEmulator(api_key=KEY, avatar_launcher=launcher) as emulator:
+        yield emulator, launcher

@@ -29,7 +29,7 @@ from tests.support.emulators import (
 )
 from tests.support.livekit_server import LiveKitServer
 from tests.support.room_user import AUDIBLE_RMS, RoomUser
-from tests.support.supervisor_harness import AGENT, KEY, Harness, gone, open_harness, until
+from tests.support.supervisor_harness import AGENT, Harness, gone, open_harness, until
 
 # Renewal is due at cap - (start + join + 10 s) = 6 s after a session's start began.
 START_TIMEOUT, JOIN_TIMEOUT, CAP = 5, 15, 36
@@ -48,20 +48,6 @@ async def harness(
     grants = api.VideoGrants(room_join=True, can_update_own_metadata=True)
     async with open_harness(livekit_server, "renewal", grants=grants) as harness:
         yield harness
-
-
-@pytest.fixture
-async def lemonslice() -> AsyncIterator[tuple[LemonSliceEmulator, LocalAvatarLauncher]]:
-    launcher = LocalAvatarLauncher()
-    async with LemonSliceEmulator(api_key=KEY, avatar_launcher=launcher) as emulator:
-        yield emulator, launcher
-
-
-@pytest.fixture
-async def anam() -> AsyncIterator[tuple[AnamEmulator, LocalAvatarLauncher]]:
-    launcher = LocalAvatarLauncher()
-    async with AnamEmulator(api_key=KEY, avatar_launcher=launcher) as emulator:
-        yield emulator, launcher
 
 
 @pytest.fixture

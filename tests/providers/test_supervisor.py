@@ -36,7 +36,6 @@ from tests.support.emulators import (
 from tests.support.livekit_server import LiveKitServer, connect_participant, server_api
 from tests.support.supervisor_harness import (
     AGENT,
-    KEY,
     Harness,
     connected,
     gone,
@@ -53,20 +52,6 @@ async def harness(
     monkeypatch.chdir(tmp_path)  # no developer .env
     async with open_harness(livekit_server, "supervisor") as harness:
         yield harness
-
-
-@pytest.fixture
-async def lemonslice() -> AsyncIterator[tuple[LemonSliceEmulator, LocalAvatarLauncher]]:
-    launcher = LocalAvatarLauncher()
-    async with LemonSliceEmulator(api_key=KEY, avatar_launcher=launcher) as emulator:
-        yield emulator, launcher
-
-
-@pytest.fixture
-async def anam() -> AsyncIterator[tuple[AnamEmulator, LocalAvatarLauncher]]:
-    launcher = LocalAvatarLauncher()
-    async with AnamEmulator(api_key=KEY, avatar_launcher=launcher) as emulator:
-        yield emulator, launcher
 
 
 async def test_the_avatar_joins_speaks_for_the_agent_and_the_end_ends_it_once(
