@@ -576,20 +576,25 @@ async def test_an_avatar_lost_while_the_own_voice_plays_out_leaves_the_rest_to_t
     assert event.interrupted is False
 
 
-async def test_after_a_handover_the_own_track_goes_once_the_avatar_says_it_plays() -> None:
-    # a bound longer than any test: only the avatar's word releases the own track here
+async def handed_over_before_the_avatar_plays() -> tuple[Harness, RecordingSink, RecordingSink]:
+    """The own voice played up to the pause, the rest went to an avatar that has not yet said it
+    plays. The own-track release waits for that word alone (its bound is longer than any test)."""
     harness = Harness(handover_pause=HANDOVER_PAUSE, unpublish_wait=HANG)
-    router = harness.router
-    router.to_own_voice()
+    harness.router.to_own_voice()
     await harness.say(FIRST + PAUSE + SECOND)
     own = harness.own_voices[0].output
     await harness.until(lambda: len(own.segments) == 1 and len(own.segments[0]) >= 3)
     avatar = harness.sink()
     avatar.reports_start = False
-    router.to_avatar(avatar, "avatar-1")
+    harness.router.to_avatar(avatar, "avatar-1")
     await harness.until(lambda: own.flushes == 1)
     own.finish(0.5)
     await harness.until(lambda: avatar.flushes == 1)  # its audio is out while the track is up
+    return harness, own, avatar
+
+
+async def test_after_a_handover_the_own_track_goes_once_the_avatar_says_it_plays() -> None:
+    harness, _, avatar = await handed_over_before_the_avatar_plays()
     await run_ready_tasks()
     # what the own track still had in flight reaches the user whole: it stays up for now
     assert not harness.own_voices[0].closed
@@ -601,18 +606,8 @@ async def test_after_a_handover_the_own_track_goes_once_the_avatar_says_it_plays
 async def test_an_avatar_lost_right_after_the_handover_gives_the_rest_back_to_the_own_voice() -> (
     None
 ):
-    harness = Harness(handover_pause=HANDOVER_PAUSE, unpublish_wait=HANG)
+    harness, own, _ = await handed_over_before_the_avatar_plays()
     router = harness.router
-    router.to_own_voice()
-    await harness.say(FIRST + PAUSE + SECOND)
-    own = harness.own_voices[0].output
-    await harness.until(lambda: len(own.segments) == 1 and len(own.segments[0]) >= 3)
-    avatar = harness.sink()
-    avatar.reports_start = False
-    router.to_avatar(avatar, "avatar-1")
-    await harness.until(lambda: own.flushes == 1)
-    own.finish(0.5)
-    await harness.until(lambda: avatar.flushes == 1)
     router.to_own_voice()  # the avatar left before it said it plays
     assert router.route == "own_voice"
     await harness.until(lambda: own.flushes == 2)
