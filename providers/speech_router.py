@@ -230,27 +230,36 @@ class _Utterance:
             self.levels.append(_loudness(piece))
         self.more.set()
 
-    def pause_length(self, index: int) -> float:
-        """How long the silence that starts at frame `index` lasts (in what is captured so far)."""
+    def pause_around(self, index: int, *, floor: int) -> tuple[int, int]:
+        """The silence frame `index` is in or just follows (captured so far): its first frame (not
+        before `floor`) and the frame after its last. Equal when there is none."""
+        start = index
+        while start > floor and self.levels[start - 1] < _SILENT_LEVEL:
+            start -= 1
         end = index
         while end < len(self.frames) and self.levels[end] < _SILENT_LEVEL:
             end += 1
-        return self.offset_of(end) - self.offset_of(index)
+        return start, end
 
-    def pause_from(self, index: int, *, at_least: float) -> int | None:
-        """If a pause of `at_least` seconds starts at frame `index` and speech follows it (or may
-        yet), the frame a new sink should start from: `_HANDOVER_LEAD` before the pause's end."""
-        end = index
-        while end < len(self.frames) and self.levels[end] < _SILENT_LEVEL:
-            end += 1
+    def pause_length(self, index: int, *, floor: int) -> float:
+        """How long the silence around frame `index` lasts, from its start (in what is captured so far)."""
+        start, end = self.pause_around(index, floor=floor)
+        return self.offset_of(end) - self.offset_of(start)
+
+    def pause_at(self, index: int, *, at_least: float, floor: int) -> int | None:
+        """If frame `index` is in a pause of `at_least` seconds or just after one, counted from
+        the pause's start (it may have begun before `index`, but not before `floor`), and speech
+        follows it (or may yet): the frame a new sink should start from, `_HANDOVER_LEAD` before
+        the pause's end. A pause is judged whole: a sink that reached it late still switches in it."""
+        start, end = self.pause_around(index, floor=floor)
         if end == len(self.frames) and self.flushed:
             return None  # the utterance's trailing silence: it ends here, nothing to hand over
-        if self.offset_of(end) - self.offset_of(index) < at_least:
+        if self.offset_of(end) - self.offset_of(start) < at_least:
             return None
-        start = end
-        while start > index and self.offset_of(end) - self.offset_of(start - 1) <= _HANDOVER_LEAD:
-            start -= 1
-        return start
+        resume = end
+        while resume > start and self.offset_of(end) - self.offset_of(resume - 1) <= _HANDOVER_LEAD:
+            resume -= 1
+        return resume
 
     def heard(self, now: float) -> float:
         """Where the user is, at best, in this utterance on its current sink."""
@@ -672,7 +681,7 @@ class SpeechRouter(AudioOutput):
 
     def _handover_point(self, utterance: _Utterance, sink: _Sink) -> int | None:
         """Where an avatar waiting to take over from the own voice goes on in this utterance, if
-        it can now: at its start (nothing of it played yet), or at a pause that begins here."""
+        it can now: at its start (nothing of it played yet), or in (or just after) a long enough pause."""
         if (
             self._handover_pause is None
             or self._next_avatar is None
@@ -683,7 +692,9 @@ class SpeechRouter(AudioOutput):
             return None
         if utterance.sent == utterance.first_index:
             return utterance.sent
-        return utterance.pause_from(utterance.sent, at_least=self._handover_pause)
+        return utterance.pause_at(
+            utterance.sent, at_least=self._handover_pause, floor=utterance.first_index
+        )
 
     async def _keep_pace(self, utterance: _Utterance, sink: _Sink) -> None:
         """The own voice takes speech faster than real time and queues it; an avatar can only take
@@ -736,7 +747,9 @@ class SpeechRouter(AudioOutput):
                 "handover_at": round(utterance.offset_of(utterance.sent), 3),
                 "resumed_at": round(utterance.offset_of(resume), 3),
                 # the silence the speech itself has there (what a handover gap is measured against)
-                "natural_pause": round(utterance.pause_length(utterance.sent), 3),
+                "natural_pause": round(
+                    utterance.pause_length(utterance.sent, floor=utterance.first_index), 3
+                ),
                 # time.monotonic() of each step (the bench sets them against what the user heard)
                 "handover_clock": {
                     "own_flushed": flushed_at,

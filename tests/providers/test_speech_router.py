@@ -496,6 +496,38 @@ async def test_an_avatar_takes_over_from_the_own_voice_at_the_next_sentence_end(
     assert event.playback_position == pytest.approx(resumed_at + 0.3)
 
 
+@pytest.mark.parametrize("sent_of_the_pause", [8, len(PAUSE)], ids=["within", "just-after"])
+async def test_an_avatar_up_when_the_own_voice_is_well_into_a_pause_takes_over_in_it(
+    sent_of_the_pause: int,
+) -> None:
+    """The speech after a pause comes later (the TTS says a sentence at a time), and the avatar's
+    video is up when less than the handover pause is left of it: the pause, judged whole, is
+    still where it takes over (CI9: it was the next one, 3.8 s later)."""
+    harness = Harness(handover_pause=HANDOVER_PAUSE)
+    router = harness.router
+    router.to_own_voice()
+    before = FIRST + PAUSE[:sent_of_the_pause]
+    for level in before:
+        await router.capture_frame(frame(level))
+    own = harness.own_voices[0].output
+    await harness.until(lambda: len(own.segments) == 1 and len(own.segments[0]) == len(before))
+
+    avatar = harness.sink()
+    router.to_avatar(avatar, "avatar-1")
+    for level in PAUSE[sent_of_the_pause:] + SECOND:
+        await router.capture_frame(frame(level))
+    router.flush()
+    await harness.until(lambda: own.flushes == 1)
+    assert levels_of(own.segments[0]) == before  # nothing more in the own voice
+
+    own.finish(len(before) * FRAME_S)
+    await harness.until(lambda: avatar.flushes == 1)
+    lead, rest = without_leading_silence(levels_of(avatar.segments[0]))
+    assert rest == SECOND
+    assert 0 < lead <= 3
+    assert router.route == "avatar"
+
+
 async def test_an_avatar_up_before_the_own_voice_spoke_takes_the_whole_utterance() -> None:
     harness = Harness(handover_pause=HANDOVER_PAUSE)
     router = harness.router
