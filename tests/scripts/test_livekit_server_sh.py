@@ -10,6 +10,7 @@ import os
 import select
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -146,6 +147,17 @@ def read_line(fifo: Path, process: subprocess.Popen[str], *, timeout: float) -> 
         os.close(descriptor)
 
 
+# Ctrl-C as at a terminal. A process started in the background by a non-interactive shell (a CI
+# runner's, say) has SIGINT ignored, and so has everything it starts: bash cannot trap a signal
+# ignored when it started, and the script would never see the interrupt.
+WITH_DEFAULT_SIGINT = [
+    sys.executable,
+    "-c",
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "os.execv(sys.argv[1], sys.argv[1:])",
+]
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_an_interrupted_build_leaves_no_binary_and_no_scratch(
     tmp_path: Path, sig: signal.Signals
@@ -161,7 +173,7 @@ def test_an_interrupted_build_leaves_no_binary_and_no_scratch(
         f'echo building > "{started}"\nexec -a "{marker}" sleep 60',
     )
     install = subprocess.Popen(  # noqa: S603
-        [str(SCRIPT), "install"],
+        [*WITH_DEFAULT_SIGINT, str(SCRIPT), "install"],
         env={
             "PATH": f"{tmp_path / 'bin'}:{SYSTEM_PATH}",
             "HOME": str(tmp_path),
