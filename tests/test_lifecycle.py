@@ -379,10 +379,22 @@ async def test_an_avatar_killed_mid_utterance_the_rest_is_heard_in_the_agents_vo
         """Where the avatar took the greeting over, for a failure's message: wherever that is
         (the first pause of at least 0.25 s once its video is up: 0.44 s to 6.8 s into the
         10 s greeting), at least 3 s of it is left after the kill."""
-        handover = [r for r in call.worker.logs_for_room(call.room) if "handover_at" in r]
-        return f"handover {handover}, avatar heard {killed - heard_avatar:.2f}s before the kill"
+        records = call.worker.logs_for_room(call.room)
+        handover = [r for r in records if "handover_at" in r]
+        after_kill = [
+            (round(wall_to_monotonic(r) - killed, 2), r.get("message"))
+            for r in records
+            if wall_to_monotonic(r) > killed - 0.5
+        ]
+        return (
+            f"handover {handover}, avatar heard {killed - heard_avatar:.2f}s before the kill; "
+            f"the worker's log from 0.5 s before the kill: {after_kill}"
+        )
 
-    own_voice = await call.ears.heard(agent, after=killed, timeout=10) - killed
+    try:
+        own_voice = await call.ears.heard(agent, after=killed, timeout=10) - killed
+    except TimeoutError:
+        raise AssertionError(f"the agent was not heard after its avatar died; {where()}") from None
     assert own_voice <= BOUND, (
         f"the agent was heard {own_voice:.2f}s after its avatar died; {where()}"
     )
