@@ -372,8 +372,11 @@ async def test_an_avatar_killed_mid_utterance_the_rest_is_heard_in_the_agents_vo
     avatar = await call.avatar()
     heard_avatar = await call.ears.heard(avatar, after=0)
 
+    launched = call.deployment.launcher.launched
+    # this job's avatar: the last one launched may be another job's (a restart, an orphan)
+    victim = next(a for a in reversed(launched) if a.identity == avatar)
     killed = time.monotonic()
-    await call.deployment.launcher.launched[-1].crash()  # no goodbye to the agent
+    await victim.crash()  # no goodbye to the agent
 
     def where() -> str:
         """Where the avatar took the greeting over, for a failure's message: wherever that is
@@ -388,6 +391,7 @@ async def test_an_avatar_killed_mid_utterance_the_rest_is_heard_in_the_agents_vo
         ]
         return (
             f"handover {handover}, avatar heard {killed - heard_avatar:.2f}s before the kill; "
+            f"launched: {[a.identity for a in launched]}; "
             f"the worker's log from 0.5 s before the kill: {after_kill}"
         )
 
