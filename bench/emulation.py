@@ -119,7 +119,7 @@ class RemoteProvider:
 
 @contextlib.asynccontextmanager
 async def provider_in_own_process(
-    provider: Provider, conditions: Conditions, workdir: Path, *, avatar_spares: int = 2
+    provider: Provider, conditions: Conditions, workdir: Path
 ) -> AsyncIterator[RemoteProvider]:
     """The provider's emulator and avatars in a child process (bench/provider_process.py), with the
     provider variables for the worker. The process ends when this exits."""
@@ -134,7 +134,6 @@ async def provider_in_own_process(
         f"--avatar-boot={conditions.avatar_boot}",
         f"--avatar-video={video.video_width}x{video.video_height}@{video.video_fps:g}",
         f"--log={workdir / f'provider-{provider}.log'}",
-        f"--avatar-spares={avatar_spares}",
         cwd=ROOT,
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,

@@ -3,9 +3,8 @@
     python -m bench.provider_process --provider lemonslice --api-latency 0.3 --avatar-boot 1 \
         --avatar-video 320x240@12 --log FILE
 
-Each avatar runs in a process of its own (tests/support/avatar_process.py); `--avatar-spares` of them
-are kept loaded ahead of the launches. Prints one JSON line, {"settings": {...}} (the worker's
-provider variables), then serves until its standard input closes. The load benchmark runs its twenty avatars here, so that they neither share
+Prints one JSON line, {"settings": {...}} (the worker's provider variables), then serves until its
+standard input closes. The load benchmark runs its twenty avatars here, so that they neither share
 the event loop of the users who time them nor stand in for the worker's own load.
 """
 
@@ -20,7 +19,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench.emulation import PROVIDERS, ProviderEmulation, add_condition_options, conditions_from
-from tests.support import avatar_host
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -28,18 +26,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--provider", choices=PROVIDERS[1:], required=True)
     add_condition_options(parser, video="640x480@24")
     parser.add_argument("--log", type=Path, required=True)
-    parser.add_argument(
-        "--avatar-spares",
-        type=int,
-        default=2,
-        help="avatar processes kept loaded ahead of launches (default 2; as many as launch at once)",
-    )
     return parser.parse_args(argv)
 
 
 async def serve(args: argparse.Namespace) -> None:
     conditions = conditions_from(args)
-    avatar_host.keep_spares(args.avatar_spares)
     async with ProviderEmulation(args.provider, conditions) as emulation:
         print(json.dumps({"settings": emulation.settings()}), flush=True)
         loop = asyncio.get_running_loop()

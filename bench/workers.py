@@ -220,12 +220,7 @@ async def emulated_world(name: str, args: argparse.Namespace) -> AsyncIterator[E
     print(f"{conditions.describe()}; machine at start: {machine_load()}", flush=True)
     with LiveKitServer(server_binary_path()) as server:
         async with (
-            provider_in_own_process(
-                args.provider,
-                conditions,
-                workdir,
-                avatar_spares=max(2, getattr(args, "sessions", 2)),  # as many as launch at once
-            ) as provider,
+            provider_in_own_process(args.provider, conditions, workdir) as provider,
             server_api(server) as lk,
         ):
             yield EmulatedWorld(workdir, conditions, server, provider, lk)
