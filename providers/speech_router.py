@@ -5,8 +5,9 @@ synchroniser wraps it). It keeps each utterance until its playout is over, which
 things the plain data-stream output cannot do:
 
 - speech that comes before the avatar's video waits here, and plays wherever it is sent first;
-- when the avatar goes away mid-utterance, the rest of the utterance (from a little before the point
-  the user had heard, at a pause) is played on the agent's own track at once;
+- when the avatar goes away mid-utterance, or ends one as interrupted though nobody asked it to
+  stop (a goodbye as it leaves), the rest of the utterance (from a little before the point the user
+  had heard, at a pause) is played on the agent's own track at once;
 - an avatar that never confirms a playout cannot wedge the conversation: the utterance is over
   `playout_grace` seconds after it should have ended, and the next one goes on;
 - with `handover_pause` set, an avatar whose video comes up while the agent speaks in its own voice
@@ -105,6 +106,10 @@ class OwnVoiceOutput(Protocol):
 
 class SinkStalledError(RuntimeError):
     """A sink took no audio for the router's capture bound."""
+
+
+class AvatarStoppedSpeechError(RuntimeError):
+    """An avatar ended an utterance as interrupted though nobody asked it to stop."""
 
 
 class _Sink:
@@ -209,6 +214,7 @@ class _Utterance:
     sent: int = 0  # frames handed to the current sink (absolute index)
     sink_flushed: bool = False
     sink_started_at: float | None = None  # time.time() the current sink began to play it
+    stopped_at: float | None = None  # where the current sink said it stopped, unasked
     confirmation: asyncio.Future[PlaybackFinishedEvent] | None = None  # of its segment on the sink
     task: asyncio.Task[None] | None = None
 
@@ -266,7 +272,8 @@ class _Utterance:
         if self.sink_started_at is None:
             return self.offset
         playing = max(0.0, now - self.sink_started_at)
-        return min(self.offset_of(self.sent), self.offset + playing)
+        heard = min(self.offset_of(self.sent), self.offset + playing)
+        return heard if self.stopped_at is None else min(heard, self.stopped_at)
 
     def replay_index(self, heard: float) -> int:
         """The frame to replay from: a pause a little before `heard`."""
@@ -519,6 +526,7 @@ class SpeechRouter(AudioOutput):
             utterance.flushed
             and utterance.sent == len(utterance.frames)
             and utterance.sink_started_at is not None
+            and utterance.stopped_at is None
             and played_for >= utterance.duration - utterance.offset
         ):
             # The old sink had the time to play all of it: nothing to repeat.
@@ -590,6 +598,7 @@ class SpeechRouter(AudioOutput):
         utterance.sink = sink
         utterance.first_index = utterance.sent = first_index
         utterance.sink_started_at = None
+        utterance.stopped_at = None
         utterance.sink_flushed = False
         utterance.confirmation = None
         previous = self._previous(utterance)
@@ -660,9 +669,15 @@ class SpeechRouter(AudioOutput):
                     self._on_unconfirmed(sink.kind, utterance.duration)
                 self._finish(utterance, utterance.duration, interrupted=False)
                 return
-            self._finish(
-                utterance, utterance.offset + event.playback_position, interrupted=event.interrupted
-            )
+            position = utterance.offset + event.playback_position
+            if event.interrupted and sink.kind == "avatar" and not utterance.cleared:
+                # An avatar going away may say so as it leaves (a goodbye before its room closes):
+                # the rest is not lost, it goes to the agent's own voice like any avatar failure.
+                utterance.stopped_at = position
+                raise AvatarStoppedSpeechError(
+                    f"the avatar stopped at {position:.2f}s of the utterance, unasked"
+                )
+            self._finish(utterance, position, interrupted=event.interrupted)
         except asyncio.CancelledError:
             raise
         except Exception as error:

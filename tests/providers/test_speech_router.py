@@ -118,6 +118,7 @@ class Harness:
         capture_timeout: float = 10.0,
         handover_pause: float | None = None,
         unpublish_wait: float = 0.25,
+        own_voice_on_failure: bool = False,
     ) -> None:
         self.changes = Changes()  # made in the test's loop: an Event belongs to one loop
         self.until = self.changes.until
@@ -127,6 +128,8 @@ class Harness:
         self.lost_confirmations: list[SinkKind] = []
         self.failures: list[tuple[SinkKind, BaseException]] = []
         self.failing_own_voices = 0  # how many of the next own voices cannot publish
+        # as the supervisor does: a failed avatar is lost, and the agent speaks in its own voice
+        self.own_voice_on_failure = own_voice_on_failure
         self.router = SpeechRouter(
             rtc.Room(),
             sample_rate=RATE,
@@ -135,13 +138,18 @@ class Harness:
             clear_timeout=clear_timeout,
             late_confirmation=late_confirmation,
             capture_timeout=capture_timeout,
-            on_sink_failed=lambda kind, error: self.failures.append((kind, error)),
+            on_sink_failed=self._sink_failed,
             on_confirmation_lost=self._confirmation_lost,
             on_unconfirmed=lambda kind, _: self.unconfirmed.append(kind),
             on_first_audio=self.first_audio.append,
             handover_pause=handover_pause,
             unpublish_wait=unpublish_wait,
         )
+
+    def _sink_failed(self, kind: SinkKind, error: BaseException) -> None:
+        self.failures.append((kind, error))
+        if self.own_voice_on_failure and kind == "avatar":
+            self.router.to_own_voice()
 
     def _confirmation_lost(self, kind: SinkKind) -> None:
         self.lost_confirmations.append(kind)
@@ -225,6 +233,36 @@ async def test_a_lost_avatar_that_had_time_to_play_everything_repeats_nothing() 
     assert not event.interrupted
     await run_ready_tasks()
     assert harness.own_voices[0].output.segments == []
+
+
+async def test_an_avatar_that_ends_an_utterance_unasked_leaves_the_rest_to_the_agents_voice() -> (
+    None
+):
+    # An avatar going away may report the utterance interrupted as it leaves. Nobody asked it to
+    # stop, so the user must still hear the rest, from a pause before where the avatar stopped.
+    harness = Harness(own_voice_on_failure=True)
+    router = harness.router
+    avatar = harness.sink(started_ago=5.0)  # by the clock alone, all 2 s were heard
+    router.to_avatar(avatar, "avatar-1")
+    levels = [3000] * 100
+    levels[8] = 5  # a pause at 0.16 s, in the replay window before 1.2 - 1.0 = 0.2 s
+    await harness.say(levels)
+    await harness.until(lambda: avatar.flushes == 1)
+    playout = asyncio.create_task(router.wait_for_playout())
+
+    avatar.finish(1.2, interrupted=True)
+    await harness.until(
+        lambda: bool(harness.own_voices) and harness.own_voices[0].output.flushes == 1
+    )
+    assert [kind for kind, _ in harness.failures] == ["avatar"]
+    assert "unasked" in str(harness.failures[0][1])
+    own = harness.own_voices[0].output
+    assert levels_of(own.segments[0]) == levels[8:]  # from the pause before where it stopped
+    assert not playout.done()
+    own.finish(1.84)
+    event = await asyncio.wait_for(playout, HANG)
+    assert event.playback_position == pytest.approx(0.16 + 1.84)
+    assert not event.interrupted
 
 
 async def test_an_avatar_that_never_confirms_a_playout_cannot_wedge_the_turn() -> None:
@@ -336,10 +374,9 @@ async def test_a_confirmation_that_comes_after_the_grace_does_not_end_the_next_u
     avatar.finish(0.1)  # U's, late
     await run_ready_tasks()
     assert not playout.done()  # V is not over because U's answer came
-    avatar.finish(1.5, interrupted=True)  # V's own
+    avatar.finish(1.5)  # V's own
     event = await asyncio.wait_for(playout, HANG)
     assert event.playback_position == pytest.approx(1.5)
-    assert event.interrupted is True
 
 
 async def test_a_late_answer_to_an_interruption_does_not_end_the_next_utterance() -> None:
