@@ -217,6 +217,13 @@ def main() -> None:
     parser.add_argument("--room-seconds", type=float, default=8.0)
     parser.add_argument("--fps", type=float, default=24.0)
     parser.add_argument("--keep", type=Path, default=Path(tempfile.gettempdir()) / "ffi_crash")
+    parser.add_argument(
+        "--exit",
+        choices=["finalize", "os-exit"],
+        default="finalize",
+        help="how a child ends once its rooms are closed: the interpreter's own exit (default), or "
+        "os._exit, skipping finalization, as the emulated avatar processes do",
+    )
     args = parser.parse_args()
     load = ChildLoad(
         rooms=args.rooms,
@@ -228,6 +235,9 @@ def main() -> None:
         # Past its time, a child shows where each thread waits, before the parent kills it.
         faulthandler.dump_traceback_later(args.seconds + HANG_GRACE_S - 10, exit=False)
         asyncio.run(child(load))
+        if args.exit == "os-exit":
+            faulthandler.cancel_dump_traceback_later()
+            os._exit(0)
         return
 
     child_args = [
@@ -235,6 +245,7 @@ def main() -> None:
         f"--rooms={args.rooms}",
         f"--room-seconds={args.room_seconds}",
         f"--fps={args.fps}",
+        f"--exit={args.exit}",
     ]
     args.keep.mkdir(parents=True, exist_ok=True)
     print(f"livekit {rtc.__version__}; {machine_load()} at start", flush=True)
@@ -251,7 +262,8 @@ def main() -> None:
     process_hours = args.runs * args.seconds / 3600
     print(
         f"livekit {rtc.__version__}: {args.runs} runs of {args.seconds:.0f} s "
-        f"({args.rooms} rooms each, {args.fps:g} fps), {args.parallel} at a time, "
+        f"({args.rooms} rooms each, {args.fps:g} fps, ending by {args.exit}), "
+        f"{args.parallel} at a time, "
         f"in {elapsed:.0f} s; {machine_load()} at the end"
     )
     print("outcomes: " + ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())))
