@@ -154,8 +154,8 @@ async def test_avatar_joins_shows_video_speaks_and_leaves_with_the_job(
         if deployment.launcher is not None:
             launched = deployment.launcher.launched[-1].participant
             assert launched is not None
-            assert launched.stats.segments_started >= 1
-            assert launched.stats.input_sample_rates == (deployment.sample_rate,)
+            stats = await launched.wait_for_stats(lambda s: s.segments_started >= 1, timeout=10)
+            assert stats.input_sample_rates == (deployment.sample_rate,)
             await _check_token_is_narrow(livekit_server, deployment, room)
         else:  # the local avatar runs inside the job: it says so in the worker's log
             await deployment.worker.wait_for_log(
@@ -183,7 +183,8 @@ async def test_avatar_joins_shows_video_speaks_and_leaves_with_the_job(
             assert len(emulator.sessions) == 1  # no duplicate, billed session
         if deployment.launcher is not None:
             launched_avatar = deployment.launcher.launched[-1].participant
-            assert launched_avatar is not None and launched_avatar.closed
+            assert launched_avatar is not None
+            await launched_avatar.wait_for_closed(timeout=10)
             await _check_token_publishes_only_camera_and_microphone(livekit_server, deployment)
     finally:
         await user.leave()

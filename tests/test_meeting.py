@@ -88,7 +88,10 @@ async def test_the_agent_answers_the_meeting_and_its_bot_leaves_with_the_job(
                     agent.identity, "avatar voice agent", timeout=60
                 )
                 assert answer.text.strip() == WHO_AM_I
-                assert avatar.stats.segments_started > segments_before  # the avatar said it
+                # the avatar said it (its process reports its counters as they move)
+                await avatar.wait_for_stats(
+                    lambda s: s.segments_started > segments_before, timeout=10
+                )
                 # Messages are answered in order: an answer to the bot's would have come first.
                 assert not any(HELP[:20] in t.text for t in user.transcripts)
 

@@ -85,7 +85,7 @@ async def test_the_avatar_joins_speaks_for_the_agent_and_the_end_ends_it_once(
     assert [r.json for r in emulator.requests_for("control")] == [{"event": "terminate"}]
     assert emulator.active_sessions == ()
     assert launcher.launched[0].participant is not None
-    assert launcher.launched[0].participant.closed
+    await launcher.launched[0].participant.wait_for_closed(timeout=10)
     assert [e.event for e in harness.log.events][-1] == "ended"
     startup = harness.log.named("startup")[0].timings
     for phase in ("job_received", "token_minted", "provider_call_sent", "provider_answered"):

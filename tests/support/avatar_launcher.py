@@ -1,7 +1,9 @@
 """What a real provider does after a successful create: send an avatar into the room with the token.
 
 The emulators use our own local avatar for that, so the LemonSlice and Anam code paths run against a
-real LiveKit server with a participant that really joins, publishes and plays the agent's speech.
+real LiveKit server with a participant that really joins, publishes and plays the agent's speech. The
+avatars run in the avatar host, a process of their own (tests/support/avatar_process.py): livekit's
+native client can crash the process that hosts them, and that must not be the test process.
 
 A test can script how the next avatars behave (`LocalAvatarLauncher.script`), as a provider's
 avatars do on a bad day: join late, never join, or never confirm a playout; and it can make a
@@ -11,22 +13,15 @@ running avatar crash or stop its video.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
-import time
 from collections import deque
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from livekit import api
 
-from providers.local.participant import (
-    LocalAvatarOptions,
-    LocalAvatarParticipant,
-    _PlaybackEvent,
-    _PlaybackFinished,
-    _PlaybackStarted,
-)
+from providers.local.participant import LocalAvatarOptions
+from tests.support.avatar_host import AvatarProcess
+from tests.support.avatar_process import CRASH_AT_FIRST_SPEECH, NORMAL, UNCONFIRMING
 from tests.support.emulators import AvatarLaunch
 
 
@@ -67,42 +62,15 @@ AvatarBehaviour = (
 )
 
 
-class _UnconfirmingAvatar(LocalAvatarParticipant):
-    def _notify(self, events: Sequence[_PlaybackEvent]) -> None:
-        super()._notify([event for event in events if not isinstance(event, _PlaybackFinished)])
-
-
-class _CrashingAvatar(LocalAvatarParticipant):
-    _crashing: asyncio.Task[None] | None = None
-
-    def _notify(self, events: Sequence[_PlaybackEvent]) -> None:
-        if self._crashing is None and any(isinstance(e, _PlaybackStarted) for e in events):
-            room = self.room
-            if room is not None:
-                self._crashing = asyncio.ensure_future(room.disconnect())
-        if self._crashing is None:
-            super()._notify(events)
-            return
-        # gone: nothing it was sent is played while the room lets go of it
-        self._speech.clear()
-        if self._audio_source is not None:
-            self._audio_source.clear_queue()
-
-
 class LaunchedAvatar:
     """One avatar the provider sent in. `arrived_at` is when it began to join the room and `left_at`
     when the room let go of it (time.monotonic()); it sees its own visit even when it is removed
-    before the room shows it to anyone else."""
+    before the room shows it to anyone else. `participant` is its process (None: it never came)."""
 
-    def __init__(
-        self,
-        launch: AvatarLaunch,
-        participant: LocalAvatarParticipant | None,
-        arrived_at: float | None = None,
-    ) -> None:
+    def __init__(self, launch: AvatarLaunch, participant: AvatarProcess | None) -> None:
         self.launch = launch
         self.participant = participant
-        self.arrived_at = arrived_at
+        self.arrived_at = participant.joining_at if participant is not None else None
         self.left_at: float | None = None
         self._left = asyncio.Event()
         self._watch = asyncio.create_task(self._report_when_gone())
@@ -120,20 +88,10 @@ class LaunchedAvatar:
             return
         # A provider learns its avatar is out of the room when the room lets go of it, not when
         # the avatar process has finished shutting down.
-        left = asyncio.Event()
-        room = participant.room
-        if room is not None:
-            room.on("disconnected", lambda *_: left.set())
-        closed = asyncio.ensure_future(participant.wait_closed())
-        gone = asyncio.ensure_future(left.wait())
-        try:
-            await asyncio.wait({closed, gone}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            gone.cancel()
-        self.left_at = time.monotonic()
+        self.left_at = await participant.wait_left()
         self._left.set()
         self.launch.avatar_left()
-        await closed
+        await participant.wait_closed()
 
     @property
     def identity(self) -> str | None:
@@ -141,19 +99,18 @@ class LaunchedAvatar:
 
     async def crash(self) -> None:
         """Drop out of the room as a crashed avatar does: no goodbye to the agent."""
-        assert self.participant is not None and self.participant.room is not None
-        await self.participant.room.disconnect()
+        assert self.participant is not None
+        await self.participant.crash()
 
     async def stop_video(self, server: api.LiveKitAPI) -> None:
         """The avatar's tracks are unpublished and it stays in the room: here, as when a policy
         revokes its right to publish (the server unpublishes them). An avatar unpublishing its own
         track is the same event for the agent; the SDK's own unpublish can stall in a long test run."""
-        assert self.participant is not None and self.participant.room is not None
-        room = self.participant.room
+        assert self.participant is not None
         await server.room.update_participant(
             api.UpdateParticipantRequest(
-                room=room.name,
-                identity=room.local_participant.identity,
+                room=self.participant.room_name,
+                identity=self.participant.identity,
                 permission=api.ParticipantPermission(
                     can_publish=False, can_subscribe=False, can_publish_data=True
                 ),
@@ -213,27 +170,13 @@ class LocalAvatarLauncher:
         boot = behaviour.seconds if isinstance(behaviour, JoinLate) else self.boot_delay
         if boot:
             await asyncio.sleep(boot)  # the provider's avatar boots
-        kind: type[LocalAvatarParticipant] = LocalAvatarParticipant
+        kind = NORMAL
         if isinstance(behaviour, NoPlaybackConfirmation):
-            kind = _UnconfirmingAvatar
+            kind = UNCONFIRMING
         elif isinstance(behaviour, CrashAtFirstSpeech):
-            kind = _CrashingAvatar
-        arrived_at = time.monotonic()
-        participant = kind(
-            launch.livekit_url,
-            launch.livekit_token,
-            options=dataclasses.replace(self.options, audio_sample_rate=launch.sample_rate),
+            kind = CRASH_AT_FIRST_SPEECH
+        options = dataclasses.replace(self.options, audio_sample_rate=launch.sample_rate)
+        participant = await AvatarProcess.launch(
+            launch.livekit_url, launch.livekit_token, options, kind
         )
-        # Removed from the room while still starting (publishing can then wait forever): as a
-        # provider would, count the avatar as gone rather than wait on it.
-        starting = asyncio.ensure_future(participant.start())
-        closing = asyncio.ensure_future(participant.wait_closed())
-        await asyncio.wait({starting, closing}, return_when=asyncio.FIRST_COMPLETED)
-        if starting.done():
-            closing.cancel()
-            starting.result()
-        else:
-            starting.cancel()
-            with contextlib.suppress(BaseException):
-                await starting
-        return self._add(LaunchedAvatar(launch, participant, arrived_at))
+        return self._add(LaunchedAvatar(launch, participant))
