@@ -273,7 +273,9 @@ class AvatarProcess:
             await self._closed.wait()
 
     async def crash(self) -> None:
-        """Drop out of the room as a crashed avatar does: no goodbye to the agent."""
+        """Drop out of the room without closing: no goodbye by aclose. As the room goes, the avatar
+        may still report the utterance it was playing interrupted, as a real avatar's last words
+        can; the agent must carry on in its own voice either way."""
         self._send("crash")
         done = {
             asyncio.ensure_future(self._crashed.wait()),

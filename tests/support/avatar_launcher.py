@@ -98,7 +98,9 @@ class LaunchedAvatar:
         return self.participant.identity if self.participant is not None else None
 
     async def crash(self) -> None:
-        """Drop out of the room as a crashed avatar does: no goodbye to the agent."""
+        """Drop out of the room without closing: no goodbye by aclose. As the room goes, the avatar
+        may still report the utterance it was playing interrupted, as a real avatar's last words
+        can; the agent must carry on in its own voice either way."""
         assert self.participant is not None
         await self.participant.crash()
 
