@@ -28,6 +28,7 @@ from livekit.agents.voice.avatar import AudioSegmentEnd, DataStreamAudioReceiver
 from livekit.agents.voice.io import PlaybackFinishedEvent
 
 from .gestures import LOCAL_GESTURES, RPC_PLAY_GESTURE, Gesture
+from .speech_start import SpeechStart, plan_speech_start
 from .video import FaceRenderer, speech_level
 
 logger = logging.getLogger(__name__)
@@ -41,6 +42,9 @@ RPC_PLAYBACK_FINISHED = "lk.playback_finished"
 # frames; the face is drawn for the audio being heard, not the audio being queued.
 _AUDIO_LEAD_S = 0.08
 _AUDIO_QUEUE_MS = 300
+# Speech is handed on from the data stream in frames this long (the library's default, 100 ms,
+# holds the first words back until 100 ms of them has arrived).
+_RECEIVE_FRAME_MS = 20
 _NOTIFY_ATTEMPTS = 3
 _RETRYABLE_RPC_ERRORS = frozenset(
     {
@@ -173,12 +177,29 @@ class _SpeechQueue:
             self._segments.append(open_segment)
         open_segment.push(item)
 
+    def ready_to_start(self) -> int:
+        """Samples waiting in a segment that has not begun to play (0 while one plays)."""
+        if not self._segments or self._segments[0].started:
+            return 0
+        return self._segments[0].buffered
+
+    def first_complete(self) -> bool:
+        """The first segment has arrived whole."""
+        return bool(self._segments) and self._segments[0].input_done
+
     def take(self, out: Samples) -> tuple[int, list[_PlaybackEvent]]:
         """Fill `out` with speech (the rest stays silent); returns samples filled and events."""
         filled = 0
         events: list[_PlaybackEvent] = []
         while self._segments:
             segment = self._segments[0]
+            if (
+                not segment.started
+                and filled
+                and segment.buffered < out.size - filled
+                and not segment.input_done
+            ):
+                break  # a segment still arriving starts on a frame of its own (plan_speech_start)
             if filled < out.size and segment.buffered:
                 if not segment.started:
                     segment.started = True
@@ -429,9 +450,11 @@ class LocalAvatarParticipant:
     async def _publish_tracks(self, room: rtc.Room) -> None:
         assert self._audio_source is not None and self._video_source is not None
         # Audio first: once the agent sees our video it starts talking, so be ready for it.
+        # Without DTX: the track is silent between utterances, and after a silence sent as DTX
+        # (a packet every 400 ms) the user's first words came up to 0.3 s later (bench.startup_ab).
         await room.local_participant.publish_track(
             rtc.LocalAudioTrack.create_audio_track("avatar_audio", self._audio_source),
-            rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE),
+            rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE, dtx=False),
         )
         await room.local_participant.publish_track(
             rtc.LocalVideoTrack.create_video_track("avatar_video", self._video_source),
@@ -511,7 +534,9 @@ class LocalAvatarParticipant:
         logger.info("local avatar %s serves speech from %s", self._identity, sender)
         self._notifier = _PlaybackNotifier(room, sender)
         self._spawn(self._notifier.run(), "notify")
-        receiver = _RoomScopedAudioReceiver(room, sender_identity=sender)
+        receiver = _RoomScopedAudioReceiver(
+            room, sender_identity=sender, frame_size_ms=_RECEIVE_FRAME_MS
+        )
         self._receiver = receiver
         receiver.on("clear_buffer", self._on_clear_buffer)
         await receiver.start()
@@ -578,6 +603,9 @@ class LocalAvatarParticipant:
         samples_sent = 0
         shown_level = 0.0
         gesture: Gesture | None = None
+        speech_until = 0.0  # loop time by which the speech queued so far has played
+        waiting_since: float | None = None  # since when a segment has waited to start
+        seen_generation = self._clear_generation
         while True:
             queued = audio_source.queued_duration
             if queued < _AUDIO_LEAD_S / 2:
@@ -589,12 +617,36 @@ class LocalAvatarParticipant:
             # arriving during it is caught by the generation check below.
             now = loop.time()
             samples_due = round((tick + 1) * rate / fps)
-            chunk = np.zeros(samples_due - samples_sent, dtype=np.int16)
+            size = samples_due - samples_sent
             samples_sent = samples_due
-            speech_samples, events = self._speech.take(chunk)
+            if self._clear_generation != seen_generation:
+                seen_generation, speech_until = self._clear_generation, 0.0
+            chunk = np.zeros(size, dtype=np.int16)
+            plan = SpeechStart()
+            arrived = self._speech.ready_to_start()
+            if not arrived:
+                waiting_since = None
+            else:
+                waiting_since = now if waiting_since is None else waiting_since
+                plan = plan_speech_start(
+                    arrived=arrived,
+                    queued=round(queued * rate),
+                    queued_is_silence=now >= speech_until,
+                    frame=size,
+                    arrived_whole=self._speech.first_complete(),
+                    waited=round((now - waiting_since) * rate),
+                )
+            ahead = 0  # samples of silence in this chunk before its speech
+            if plan.lead is not None:
+                audio_source.clear_queue()
+                chunk = np.zeros(round(queued * rate) + size, dtype=np.int16)
+                ahead, queued = plan.lead, 0.0
+            speech_samples, events = (0, []) if plan.wait else self._speech.take(chunk[ahead:])
+            if speech_samples:
+                speech_until = now + queued + chunk.size / rate
             self._counters.speech_samples += speech_samples
             self._notify(events)
-            timeline.append((now + queued, speech_level(chunk)))
+            timeline.append((now + queued + ahead / rate, speech_level(chunk[ahead:])))
             generation = self._clear_generation
             await audio_source.capture_frame(rtc.AudioFrame(chunk.tobytes(), rate, 1, chunk.size))
             if generation != self._clear_generation:

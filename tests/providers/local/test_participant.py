@@ -15,6 +15,7 @@ from livekit import api, rtc
 from livekit.agents import utils
 from livekit.agents.voice.avatar import DataStreamAudioOutput
 from livekit.agents.voice.io import PlaybackFinishedEvent
+from livekit.rtc._proto.track_pb2 import AudioTrackFeature
 
 import providers.local
 from providers.local import LocalAvatarOptions, LocalAvatarParticipant
@@ -34,12 +35,14 @@ LONG_SEGMENT_S = 5.0
 PLAY_BEFORE_INTERRUPT_S = 0.5
 
 
-def tone_frames(sample_rate: int, seconds: float, *, frame_ms: int = 20) -> list[rtc.AudioFrame]:
-    """A 440 Hz sine at half of full scale, as int16 mono frames."""
+def tone_frames(
+    sample_rate: int, seconds: float, *, frame_ms: int = 20, hz: float = TONE_HZ
+) -> list[rtc.AudioFrame]:
+    """A sine (440 Hz unless told) at half of full scale, as int16 mono frames."""
     samples_per_frame = sample_rate * frame_ms // 1000
     total = int(sample_rate * seconds)
     t = np.arange(total) / sample_rate
-    pcm = (0.5 * 32767 * np.sin(2 * np.pi * TONE_HZ * t)).astype(np.int16)
+    pcm = (0.5 * 32767 * np.sin(2 * np.pi * hz * t)).astype(np.int16)
     return [
         rtc.AudioFrame(chunk.tobytes(), sample_rate, 1, chunk.size)
         for chunk in np.array_split(pcm, max(1, total // samples_per_frame))
@@ -109,6 +112,9 @@ class UserView:
     first_video_frame: asyncio.Event = field(default_factory=asyncio.Event)
     loud_audio_enough: asyncio.Event = field(default_factory=asyncio.Event)
     loud_seconds_wanted: float = 0.5
+    # Set once loud_audio_enough is, and this much quiet has followed the last loud audio.
+    quiet_after_loud: asyncio.Event = field(default_factory=asyncio.Event)
+    quiet_seconds_wanted: float = 0.3
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def on_track_subscribed(
@@ -135,15 +141,20 @@ class UserView:
             await stream.aclose()
 
     async def _listen(self, stream: rtc.AudioStream) -> None:
-        loud = 0.0
+        loud = quiet = 0.0
         try:
             async for event in stream:
                 samples = np.frombuffer(event.frame.data, dtype=np.int16).copy()
                 self.audio.append(samples)
                 if rms(samples) > 0.1 * 32768:
                     loud += samples.size / 48000
+                    quiet = 0.0
                     if loud >= self.loud_seconds_wanted:
                         self.loud_audio_enough.set()
+                else:
+                    quiet += samples.size / 48000
+                    if self.loud_audio_enough.is_set() and quiet >= self.quiet_seconds_wanted:
+                        self.quiet_after_loud.set()
         finally:
             await stream.aclose()
 
@@ -209,12 +220,15 @@ async def test_publishes_camera_and_microphone_before_anyone_subscribes(
         assert (video.width, video.height) == (320, 240)
         assert not video.subscribed
         # The room may announce the two publications in either order.
-        await asyncio.wait_for(
+        audio = await asyncio.wait_for(
             utils.wait_for_track_publication(
                 session.agent, identity=session.avatar.identity, kind=rtc.TrackKind.KIND_AUDIO
             ),
             TIMEOUT,
         )
+        # Silence between utterances is sent as audio, not DTX: the first words after it are
+        # not held back by the user's jitter buffer.
+        assert AudioTrackFeature.TF_NO_DTX in audio.audio_features
         avatar_participant = session.agent.remote_participants[session.avatar.identity]
         sources = {p.source for p in avatar_participant.track_publications.values()}
         assert sources == {rtc.TrackSource.SOURCE_CAMERA, rtc.TrackSource.SOURCE_MICROPHONE}
@@ -261,6 +275,66 @@ async def test_user_sees_and_hears_the_agent_speech(
         # The output track runs at one fixed rate: a mis-resampled tone would change pitch.
         assert dominant_frequency(loud, 48000) == pytest.approx(TONE_HZ, abs=10)
         assert heard.size > loud.size, "silence around the speech is published too"
+
+
+def heard_tones(samples: np.ndarray, *, window: int = 480) -> list[tuple[str, float]]:
+    """The loud stretches the user heard, in order, as (pitch, seconds): "low" under 660 Hz,
+    "high" above; quiet windows end a stretch. A stretch of a single window is left out: the codec
+    and the receiver's time-stretching now and then leave one loud window just past a tone's end."""
+    stretches: list[tuple[str, float]] = []
+    previous: str | None = None
+    for start in range(0, samples.size - window + 1, window):
+        part = samples[start : start + window]
+        if rms(part) <= 0.1 * 32768:
+            previous = None
+            continue
+        pitch = "low" if dominant_frequency(part, 48000) < 660 else "high"
+        if pitch == previous:
+            stretches[-1] = (pitch, stretches[-1][1] + window / 48000)
+        else:
+            stretches.append((pitch, window / 48000))
+        previous = pitch
+    return [(pitch, seconds) for pitch, seconds in stretches if seconds > window / 48000]
+
+
+async def test_speech_is_heard_whole_back_to_back_and_after_silence(
+    livekit_server: LiveKitServer,
+) -> None:
+    """Speech that starts after silence takes the place of the silence the avatar keeps queued;
+    speech sent while the last words are still queued, or sent with them, goes after them. None of
+    it may be dropped or split."""
+    low, high = TONE_HZ, 2 * TONE_HZ
+    async with (
+        avatar_room(livekit_server) as session,
+        user_view(livekit_server, session.name, session.avatar.identity) as user,
+    ):
+        user.loud_seconds_wanted = 1.8
+        await asyncio.wait_for(user.audio_subscribed.wait(), TIMEOUT)
+        output = session.audio_output(24000)
+        # Two segments sent together.
+        await play(output, tone_frames(24000, 0.5, hz=low))
+        await play(output, tone_frames(24000, 0.5, hz=high))
+        await asyncio.wait_for(output.wait_for_playout(), TIMEOUT)
+        # Sent on the playout confirmation, while the last words are still queued on the track.
+        await play(output, tone_frames(24000, 0.5, hz=low))
+        await asyncio.wait_for(output.wait_for_playout(), TIMEOUT)
+        # Sent after half a second of frames with nothing to say.
+        idle_from = session.avatar.stats.video_frames
+        await asyncio.wait_for(
+            session.avatar.wait_for_stats(lambda s: s.video_frames >= idle_from + 12), TIMEOUT
+        )
+        await play(output, tone_frames(24000, 0.5, hz=high))
+        finished: PlaybackFinishedEvent = await asyncio.wait_for(output.wait_for_playout(), TIMEOUT)
+        assert not finished.interrupted
+        assert session.avatar.stats.speech_seconds == pytest.approx(2.0, abs=0.01)
+
+        await asyncio.wait_for(user.quiet_after_loud.wait(), TIMEOUT)
+        stretches = heard_tones(np.concatenate(user.audio))
+        assert [pitch for pitch, _ in stretches] == ["low", "high", "low", "high"], stretches
+        # Each 0.5 s, to within the 10 ms windows at its edges and the receiver's time-stretching.
+        assert [seconds for _, seconds in stretches] == pytest.approx([0.5] * 4, abs=0.06), (
+            stretches
+        )
 
 
 async def test_default_video_size_reaches_the_user(
