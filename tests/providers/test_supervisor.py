@@ -378,7 +378,6 @@ async def test_an_end_as_the_avatar_shows_its_video_never_routes_speech_again(
     and its removal is no loss to recover from (no own track published after the end)."""
     emulator, _ = lemonslice
     supervisor = harness.start(harness.settings("lemonslice", emulator))
-    loop = asyncio.get_running_loop()
     ended: list[int] = []
     end_begun = asyncio.Event()
 
@@ -390,9 +389,10 @@ async def test_an_end_as_the_avatar_shows_its_video_never_routes_speech_again(
             and publication.kind == rtc.TrackKind.KIND_VIDEO
             and not ended
         ):
-            # Queued now, it runs before the supervisor's own wait on this publication resumes.
+            # Begun inside the event, not queued: the supervisor's wait may have resumed from the
+            # avatar's join with this publication already in place, and would run before a queued end.
             ended.append(len(harness.log.events))
-            loop.call_soon(supervisor.begin_end)
+            supervisor.begin_end()
             end_begun.set()
 
     harness.room.on("track_published", end_as_the_video_arrives)
