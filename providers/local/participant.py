@@ -356,6 +356,7 @@ class LocalAvatarParticipant:
         self._listening = asyncio.Event()
         self._clear_generation = 0
         self._frame_rendered = asyncio.Event()  # replaced by a new one after each frame
+        self._speech_arrived = asyncio.Event()  # set as each frame of speech arrives
         self._requested_gesture: str | None = None  # drawn from the next frame on
 
     def __repr__(self) -> str:
@@ -550,6 +551,7 @@ class LocalAvatarParticipant:
                     "local avatar %s receives speech at %d Hz", self._identity, item.sample_rate
                 )
             self._speech.push(item)
+            self._speech_arrived.set()
 
     async def _find_sender(self, room: rtc.Room) -> str:
         on_behalf = (
@@ -674,7 +676,66 @@ class LocalAvatarParticipant:
                 continue
             # Frame pacing: the next frame is due at a fixed point on the clock.
             if delay > 0:
-                await asyncio.sleep(delay)
+                next_frame = round((tick + 1) * rate / fps) - samples_sent
+                speech_until = await self._until_next_frame(delay, speech_until, next_frame)
+
+    async def _until_next_frame(self, delay: float, speech_until: float, next_frame: int) -> float:
+        """Wait `delay` seconds for the next video frame. Speech that arrives after silence meanwhile
+        starts at once in the queued silence's place, not on the next frame (up to a frame sooner).
+        Returns the loop time by which the speech queued so far has played."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + delay
+        while (remaining := deadline - loop.time()) > 0:
+            playing_for = speech_until - loop.time()
+            if playing_for > 0:
+                # Speech is queued: what follows it goes on at the frames' pace.
+                await asyncio.sleep(min(remaining, playing_for))
+                continue
+            if self._speech.ready_to_start():
+                started_until = await self._start_speech_between_frames(next_frame)
+                if started_until is not None:
+                    speech_until = started_until
+                    continue
+            self._speech_arrived.clear()
+            try:
+                async with asyncio.timeout(remaining):
+                    await self._speech_arrived.wait()
+            except TimeoutError:
+                break
+        return speech_until
+
+    async def _start_speech_between_frames(self, next_frame: int) -> float | None:
+        """Put the waiting segment in place of the queued silence now, if enough of it is here to
+        fill that and the next frame; returns the loop time by which it has played (None: not yet)."""
+        audio_source = self._audio_source
+        assert audio_source is not None
+        rate = self._options.audio_sample_rate
+        now = asyncio.get_running_loop().time()
+        queued = round(audio_source.queued_duration * rate)
+        plan = plan_speech_start(
+            arrived=self._speech.ready_to_start(),
+            queued=queued,
+            queued_is_silence=True,
+            frame=next_frame,
+            arrived_whole=self._speech.first_complete(),
+            waited=0,
+        )
+        if plan.wait or plan.lead is None:
+            return None
+        audio_source.clear_queue()
+        chunk = np.zeros(queued, dtype=np.int16)
+        speech_samples, events = self._speech.take(chunk[plan.lead :])
+        self._counters.speech_samples += speech_samples
+        self._notify(events)
+        timeline = self._counters.level_timeline
+        while timeline and timeline[-1][0] > now:
+            timeline.pop()  # the dropped silence's levels
+        timeline.append((now + plan.lead / rate, speech_level(chunk[plan.lead :])))
+        generation = self._clear_generation
+        await audio_source.capture_frame(rtc.AudioFrame(chunk.tobytes(), rate, 1, chunk.size))
+        if generation != self._clear_generation:
+            audio_source.clear_queue()
+        return now + chunk.size / rate
 
 
 async def _wait_room_listener_done(room: rtc.Room) -> None:

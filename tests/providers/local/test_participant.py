@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,7 +18,7 @@ from livekit.agents.voice.io import PlaybackFinishedEvent
 from livekit.rtc._proto.track_pb2 import AudioTrackFeature
 
 import providers.local
-from providers.local import LocalAvatarOptions, LocalAvatarParticipant
+from providers.local import LocalAvatarOptions, LocalAvatarParticipant, LocalAvatarStats
 from providers.local.video import FaceRenderer
 from tests.support.livekit_server import (
     LiveKitServer,
@@ -354,6 +354,43 @@ async def test_speech_back_to_back_behind_queued_speech_and_after_silence_is_hea
         assert [pitch for pitch, _ in tones] == ["low", "high", "low", "high"], tones
         # 0.5 s each: none missing, none heard twice.
         assert all(0.35 <= seconds <= 0.65 for _, seconds in tones), tones
+
+
+def more_frames_than(drawn: int) -> Callable[[LocalAvatarStats], bool]:
+    return lambda stats: stats.video_frames > drawn
+
+
+async def test_speech_after_silence_starts_before_the_next_video_frame(
+    livekit_server: LiveKitServer,
+) -> None:
+    """Speech that arrives while the avatar is silent starts at once, in the queued silence's place,
+    not on the next video frame. At five frames a second, segments sent right after a frame begin
+    to play (the avatar's lk.playback_started) before the next frame is drawn: held to the frame,
+    none would. One that reaches a loaded machine's avatar after the next frame was due starts on
+    that frame, so at least one of five is asked for."""
+    five_frames_a_second = LocalAvatarOptions(video_width=320, video_height=240, video_fps=5.0)
+    async with avatar_room(livekit_server, options=five_frames_a_second) as session:
+        avatar = session.avatar
+        output = session.audio_output(24000, wait_playback_start=True)
+        frames_at_start: list[int] = []
+        output.on("playback_started", lambda _ev: frames_at_start.append(avatar.stats.video_frames))
+        frames_when_sent: list[int] = []
+        for _ in range(5):
+            await asyncio.wait_for(
+                avatar.wait_for_stats(more_frames_than(avatar.stats.video_frames)), TIMEOUT
+            )
+            frames_when_sent.append(avatar.stats.video_frames)
+            # Longer than the queue and a frame's audio together: it can start in their place.
+            await play(output, tone_frames(24000, 0.5))
+            finished: PlaybackFinishedEvent = await asyncio.wait_for(
+                output.wait_for_playout(), TIMEOUT
+            )
+            assert not finished.interrupted
+        assert len(frames_at_start) == 5
+        before_the_next_frame = [
+            start == sent for start, sent in zip(frames_at_start, frames_when_sent, strict=True)
+        ]
+        assert any(before_the_next_frame), (frames_when_sent, frames_at_start)
 
 
 async def test_default_video_size_reaches_the_user(
