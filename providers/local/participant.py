@@ -616,7 +616,7 @@ class LocalAvatarParticipant:
                 queued = audio_source.queued_duration
 
             # From taking speech to queueing it there is a single await, and a clear_buffer
-            # arriving during it is caught by the generation check below.
+            # arriving during it is caught by `_queue_audio`.
             now = loop.time()
             samples_due = round((tick + 1) * rate / fps)
             size = samples_due - samples_sent
@@ -649,10 +649,7 @@ class LocalAvatarParticipant:
             self._counters.speech_samples += speech_samples
             self._notify(events)
             timeline.append((now + queued + ahead / rate, speech_level(chunk[ahead:])))
-            generation = self._clear_generation
-            await audio_source.capture_frame(rtc.AudioFrame(chunk.tobytes(), rate, 1, chunk.size))
-            if generation != self._clear_generation:
-                audio_source.clear_queue()
+            await self._queue_audio(chunk)
 
             heard_level = 0.0
             while timeline and timeline[0][0] <= now:
@@ -731,11 +728,18 @@ class LocalAvatarParticipant:
         while timeline and timeline[-1][0] > now:
             timeline.pop()  # the dropped silence's levels
         timeline.append((now + plan.lead / rate, speech_level(chunk[plan.lead :])))
+        await self._queue_audio(chunk)
+        return now + chunk.size / rate
+
+    async def _queue_audio(self, chunk: Samples) -> None:
+        """Put `chunk` on the audio track; a clear_buffer that arrives during the capture drops it."""
+        audio_source = self._audio_source
+        assert audio_source is not None
+        rate = self._options.audio_sample_rate
         generation = self._clear_generation
         await audio_source.capture_frame(rtc.AudioFrame(chunk.tobytes(), rate, 1, chunk.size))
         if generation != self._clear_generation:
             audio_source.clear_queue()
-        return now + chunk.size / rate
 
 
 async def _wait_room_listener_done(room: rtc.Room) -> None:
