@@ -380,9 +380,7 @@ async def test_an_avatar_killed_mid_utterance_the_rest_is_heard_in_the_agents_vo
 
     def where() -> str:
         """Where the avatar took the greeting over, and what the worker did after the kill, for a
-        failure's message. The handover falls in the first pause of at least 0.25 s once the
-        avatar's video is up: at 0.44, 4.24 or 6.80 s of the 10 s greeting. Even at the last, 2.6 s
-        of speech (7.1 s to 9.7 s) is left for the own voice, over the 2.0 s asserted."""
+        failure's message."""
         records = call.worker.logs_for_room(call.room)
         handover = [r for r in records if "handover_at" in r]
         after_kill = [
@@ -403,10 +401,17 @@ async def test_an_avatar_killed_mid_utterance_the_rest_is_heard_in_the_agents_vo
     assert own_voice <= BOUND, (
         f"the agent was heard {own_voice:.2f}s after its avatar died; {where()}"
     )
-    # the greeting goes on in the agent's voice: the utterance in flight is not lost
+    # The utterance in flight is not lost: the rest of the greeting is heard, in the agent's own
+    # voice and then from the avatar that replaces the dead one, which takes over at the first
+    # pause of at least 0.25 s once its video is up. The dead avatar took the greeting at 0.44,
+    # 4.24 or 6.80 s of its 10 s (the first such pause once its video was up, or from the first
+    # word when its video came before the own voice's first audio), and was killed as it was
+    # first heard: at least 2.9 s of speech (6.8 s to 9.7 s) is left, over the 2.0 s asserted.
+    # How much of it the own voice says depends on when the new avatar's video comes.
     await call.wait_listening(agent, timeout=60)
-    spoken = (call.ears.last_audible(agent) or 0) - (killed + own_voice)
-    assert spoken >= 2.0, f"only {spoken:.1f}s of the interrupted greeting was heard; {where()}"
+    voices = (call.ears.last_audible(agent), call.ears.last_audible(f"{avatar}-1"))
+    rest = max(t for t in voices if t is not None) - (killed + own_voice)
+    assert rest >= 2.0, f"only {rest:.1f}s of the interrupted greeting was heard; {where()}"
     assert killed - heard_avatar < 3.0, where()  # it really was mid-utterance
     back = await call.user.wait_for_video(f"{avatar}-1", timeout=20)
 
