@@ -47,6 +47,7 @@ from providers.warmup import ResolvedHost, resolve_provider_host
 from recovery.job import claim_room, end_job_memory
 from recovery.worker_watch import remove_agents_of_dead_jobs
 from speech.pipeline import VoicePipeline, build_voice
+from speech.prepared_speech import PreparedSpeech
 from subscriptions import connect_to_people
 
 logger = logging.getLogger("avatar-agent")
@@ -57,6 +58,7 @@ PROJECT_DIR = Path(__file__).resolve().parent
 COMMANDS_NEEDING_CONFIG = frozenset({"dev", "start", "connect"})
 # What one job process keeps between prewarm, the job and its end (`JobProcess.userdata`).
 PREWARMED_PROVIDER = "prewarmed_provider_host"
+PREPARED_GREETING = "prepared_greeting"
 JOB_AVATAR = "job_avatar"
 JOB_MEETING = "job_meeting"
 # The avatar's provider call goes out before the session's set-up takes the event loop, for at most
@@ -158,9 +160,12 @@ async def run_job(ctx: JobContext, settings: Settings, voice: VoicePipeline) -> 
     if avatar is None:
         timeline.avatar_settled()
 
-    # The greeting is synthesised while the avatar boots. It is not awaited: nothing in the job
-    # waits on speech, so the job can end at any moment.
-    _in_background(ctx, voice.greet(session), "greeting")
+    # The greeting starts now, in the agent's own voice while the avatar boots, from audio made
+    # in prewarm when its words are fixed. It is not awaited: nothing in the job waits on speech,
+    # so the job can end at any moment.
+    prepared = ctx.proc.userdata.get(PREPARED_GREETING)
+    greeting = voice.greet(session, prepared if isinstance(prepared, PreparedSpeech) else None)
+    _in_background(ctx, greeting, "greeting")
 
 
 async def end_of_session(ctx: JobContext) -> None:
@@ -187,7 +192,8 @@ async def entrypoint(ctx: JobContext) -> None:
 
 def prewarm(proc: JobProcess) -> None:
     """Before any job, in each job process: resolve the provider's host (see providers/warmup.py),
-    and send traces where OTEL_EXPORTER_OTLP_* says (nowhere unless it is set)."""
+    synthesise a greeting whose words are fixed (speech/prepared_speech.py), and send traces where
+    OTEL_EXPORTER_OTLP_* says (nowhere unless it is set)."""
     configure_tracing()
     try:
         settings = get_settings()
@@ -196,6 +202,7 @@ def prewarm(proc: JobProcess) -> None:
     api_url = provider_api_url(settings)
     resolved: ResolvedHost | None = resolve_provider_host(api_url) if api_url else None
     proc.userdata[PREWARMED_PROVIDER] = resolved
+    proc.userdata[PREPARED_GREETING] = build_voice(settings).prepare_greeting()
 
 
 def _received(ctx: JobContext) -> float | None:

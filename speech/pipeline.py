@@ -15,13 +15,14 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 from urllib.parse import urlparse
 
-from livekit.agents import AgentSession, inference
+from livekit.agents import NOT_GIVEN, AgentSession, inference
 
 from config import Settings
 from observability import health
 
 from .decoder_server import DecoderServer
 from .espeak_tts import EspeakTTS
+from .prepared_speech import PreparedSpeech, prepare
 from .responder import INTENT_PHRASES, OfflineResponder
 from .sphinx_stt import SphinxSTT
 
@@ -55,7 +56,11 @@ class VoicePipeline(Protocol):
 
     def create_session(self) -> AgentSession[Any]: ...
 
-    async def greet(self, session: AgentSession[Any]) -> None: ...
+    def prepare_greeting(self) -> PreparedSpeech | None:
+        """The greeting's audio, made before any job (in prewarm), when its words are fixed."""
+        ...
+
+    async def greet(self, session: AgentSession[Any], prepared: PreparedSpeech | None) -> None: ...
 
     def worker_services(self) -> contextlib.AbstractContextManager[None]:
         """What the worker process runs for all its jobs, for as long as it runs."""
@@ -89,7 +94,10 @@ class CloudVoice:
             },
         )
 
-    async def greet(self, session: AgentSession[Any]) -> None:
+    def prepare_greeting(self) -> PreparedSpeech | None:
+        return None  # the language model words it, in each call
+
+    async def greet(self, session: AgentSession[Any], prepared: PreparedSpeech | None) -> None:
         greeting = getattr(session.current_agent, "greeting", self.settings.agent_greeting)
         await session.generate_reply(
             instructions=greeting, allow_interruptions=GREETING_INTERRUPTIBLE
@@ -125,8 +133,20 @@ class OfflineVoice:
             },
         )
 
-    async def greet(self, session: AgentSession[Any]) -> None:
-        await session.say(self.greeting, allow_interruptions=GREETING_INTERRUPTIBLE)
+    def prepare_greeting(self) -> PreparedSpeech | None:
+        return prepare(EspeakTTS, self.greeting)
+
+    async def greet(self, session: AgentSession[Any], prepared: PreparedSpeech | None) -> None:
+        # Audio made in prewarm plays at once; the same words synthesised now come after the
+        # voice's time to first audio.
+        audio = (
+            prepared.audio() if prepared is not None and prepared.text == self.greeting else None
+        )
+        await session.say(
+            self.greeting,
+            audio=audio if audio is not None else NOT_GIVEN,
+            allow_interruptions=GREETING_INTERRUPTIBLE,
+        )
 
     @contextlib.contextmanager
     def worker_services(self) -> Iterator[None]:

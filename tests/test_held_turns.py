@@ -46,7 +46,7 @@ def loudspeaker_of(conversation: Conversation) -> Loudspeaker:
 
 async def start_greeting(conversation: Conversation) -> asyncio.Task[None]:
     """The greeting, said (not awaited) as the job says it; returns once it is being heard."""
-    greeting = asyncio.create_task(OfflineVoice().greet(conversation.session))
+    greeting = asyncio.create_task(OfflineVoice().greet(conversation.session, None))
     await asyncio.wait_for(loudspeaker_of(conversation).playing.wait(), 30)
     return greeting
 

@@ -26,7 +26,9 @@ from livekit.agents.voice.events import ConversationItemAddedEvent
 
 from assistant import Assistant
 from config import Settings
+from speech.espeak_tts import EspeakTTS
 from speech.pipeline import OFFLINE_GREETING, OfflineVoice, build_voice
+from speech.prepared_speech import synthesize
 from speech.responder import WHO_AM_I
 from speech.sphinx_stt import DECODER_SERVER_ENV, SphinxSTT
 from tests.support.spoken import spoken_at
@@ -177,7 +179,7 @@ async def test_speaking_over_a_reply_interrupts_it(conversation: Conversation) -
     assert isinstance(loudspeaker, Loudspeaker)
     # As in a room: the greeting first. Interruptions are off while the session's first speech
     # plays (the library's echo-cancellation warm-up), and the greeting cannot be interrupted.
-    await OfflineVoice().greet(conversation.session)
+    await OfflineVoice().greet(conversation.session, None)
     greeting = await conversation.next_message("assistant")
     assert greeting.text_content == OFFLINE_GREETING
     loudspeaker.playing.clear()
@@ -196,6 +198,51 @@ async def test_speaking_over_a_reply_interrupts_it(conversation: Conversation) -
     assert second.text_content == "hello who are you"
     answer = await conversation.next_message("assistant")
     assert answer.text_content == f"Hello! {WHO_AM_I}"
+
+
+async def test_a_prepared_greeting_plays_the_voices_own_audio_without_synthesising_it(
+    conversation: Conversation,
+) -> None:
+    loudspeaker = conversation.session.output.audio
+    assert isinstance(loudspeaker, Loudspeaker)
+    voice = OfflineVoice(greeting="Hello there. How can I help?")  # two sentences, a pause between
+    syntheses: list[object] = []
+    assert conversation.session.tts is not None
+    conversation.session.tts.on("metrics_collected", syntheses.append)
+
+    await voice.greet(conversation.session, None)
+    live = await conversation.next_message("assistant")
+    live_seconds = sum(f.duration for f in loudspeaker.frames)
+    assert syntheses, "the greeting without prepared audio is synthesised in the session"
+    syntheses.clear()
+    loudspeaker.frames.clear()
+
+    prepared = await synthesize(EspeakTTS(), voice.greeting)
+    await voice.greet(conversation.session, prepared)
+    replayed = await conversation.next_message("assistant")
+
+    assert syntheses == []
+    assert np.array_equal(samples_of(loudspeaker.frames), samples_of(list(prepared.frames)))
+    # the same speech the session makes: eSpeak varies by a few samples from one call to the next
+    assert abs(prepared.duration - live_seconds) < 0.01
+    assert replayed.text_content == live.text_content == voice.greeting
+
+
+async def test_audio_prepared_for_other_words_is_not_played(conversation: Conversation) -> None:
+    loudspeaker = conversation.session.output.audio
+    assert isinstance(loudspeaker, Loudspeaker)
+    voice = OfflineVoice(greeting="Hello there.")
+    other = await synthesize(EspeakTTS(), "Goodbye, and thank you for calling.")
+
+    await voice.greet(conversation.session, other)
+    said = await conversation.next_message("assistant")
+
+    assert said.text_content == "Hello there."
+    assert sum(f.duration for f in loudspeaker.frames) < other.duration
+
+
+def samples_of(frames: list[rtc.AudioFrame]) -> npt.NDArray[np.int16]:
+    return np.concatenate([np.frombuffer(f.data, dtype=np.int16) for f in frames])
 
 
 def test_the_offline_voice_runs_the_decoder_server_for_the_worker_while_it_runs() -> None:
