@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import itertools
+
 import pytest
 
 from bench.voice import FirstAudioLatencyEngine
 from config import Settings
 from speech.espeak_tts import EspeakTTS
 from speech.pipeline import OFFLINE_GREETING, CloudVoice, OfflineVoice
-from speech.prepared_speech import prepare
+from speech.prepared_speech import prepare, synthesize
 
 
 def test_the_offline_greeting_is_prepared_whole() -> None:
@@ -42,3 +45,21 @@ def test_a_voice_that_cannot_start_leaves_the_greeting_to_the_job(
 
     assert prepare(missing_voice, OFFLINE_GREETING) is None
     assert "xx-nonexistent" in caplog.text
+
+
+async def test_playing_prepared_audio_lets_the_event_loop_run_between_frames() -> None:
+    prepared = await synthesize(EspeakTTS(), "Hello there. How can I help?")
+    turns = 0
+
+    async def another_task() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    other = asyncio.create_task(another_task())
+    turns_at_each_frame = [turns async for _ in prepared.audio()]
+    other.cancel()
+
+    assert len(prepared.frames) > 10
+    assert all(b > a for a, b in itertools.pairwise(turns_at_each_frame))
