@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,7 +75,7 @@ def prepare(
 
     started = time.monotonic()
     try:
-        prepared = asyncio.run(run())
+        prepared = _run_outside_any_loop(run())
     except Exception as error:  # a job process that cannot start would take no job at all
         logger.warning(
             "the greeting is synthesised in each job: preparing it failed: %s",
@@ -90,3 +90,17 @@ def prepare(
         },
     )
     return prepared
+
+
+def _run_outside_any_loop(work: Coroutine[Any, Any, PreparedSpeech]) -> PreparedSpeech:
+    """`asyncio.run` without its side effect: it leaves the thread with no current event loop
+    (set to None), and code after it that asks for one (a `rtc.Room()`) then fails."""
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(work)
+    finally:
+        try:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.run_until_complete(loop.shutdown_default_executor())
+        finally:
+            loop.close()

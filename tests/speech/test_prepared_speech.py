@@ -63,3 +63,11 @@ async def test_playing_prepared_audio_lets_the_event_loop_run_between_frames() -
 
     assert len(prepared.frames) > 10
     assert all(b > a for a, b in itertools.pairwise(turns_at_each_frame))
+
+
+def test_preparing_leaves_the_threads_event_loop_as_it_was() -> None:
+    before = asyncio.get_event_loop_policy().get_event_loop()
+
+    OfflineVoice().prepare_greeting()
+
+    assert asyncio.get_event_loop_policy().get_event_loop() is before
