@@ -32,6 +32,7 @@ from providers.local.participant import (
     LocalAvatarOptions,
     LocalAvatarParticipant,
     LocalAvatarStats,
+    Samples,
     _PlaybackEvent,
     _PlaybackFinished,
     _PlaybackStarted,
@@ -68,6 +69,11 @@ class _CrashingAvatar(LocalAvatarParticipant):
         self._speech.clear()
         if self._audio_source is not None:
             self._audio_source.clear_queue()
+
+    async def _queue_audio(self, chunk: Samples) -> None:
+        # The chunk whose speech began it is queued after `_notify`: dropped with the rest.
+        if self._crashing is None:
+            await super()._queue_audio(chunk)
 
 
 _KIND_CLASSES: dict[str, type[LocalAvatarParticipant]] = {
