@@ -6,6 +6,7 @@ import asyncio
 import itertools
 
 import pytest
+from livekit.agents import utils
 
 from bench.voice import FirstAudioLatencyEngine
 from config import Settings
@@ -59,7 +60,7 @@ async def test_playing_prepared_audio_lets_the_event_loop_run_between_frames() -
 
     other = asyncio.create_task(another_task())
     turns_at_each_frame = [turns async for _ in prepared.audio()]
-    other.cancel()
+    await utils.aio.cancel_and_wait(other)
 
     assert len(prepared.frames) > 10
     assert all(b > a for a, b in itertools.pairwise(turns_at_each_frame))
