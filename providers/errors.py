@@ -116,3 +116,11 @@ class AvatarJoinTimeoutError(AvatarProviderError, TimeoutError):
             f"{provider} avatar {identity!r} did not join the room with video within {timeout:g}s"
         )
         self.provider = provider
+
+
+class AvatarLeftBeforeVideoError(AvatarProviderError, RuntimeError):
+    """The provider's avatar joined the room and went again before it published any video."""
+
+    def __init__(self, provider: str, identity: str, how: str) -> None:
+        super().__init__(f"{provider} avatar {identity!r} {how} before publishing video")
+        self.provider = provider

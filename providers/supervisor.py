@@ -41,8 +41,8 @@ from livekit.agents import AgentSession, utils
 from livekit.agents.voice.events import MetricsCollectedEvent
 from livekit.agents.voice.room_io.types import DEFAULT_CLOSE_ON_DISCONNECT_REASONS
 
+from .avatar_arrival import AvatarArrival
 from .avatar_guard import AvatarGuard
-from .errors import AvatarJoinTimeoutError
 from .lifecycle import AvatarLifecycleMetrics, JobTimeline
 from .reaper import SessionReaper
 from .retry import RetryPolicy
@@ -340,7 +340,7 @@ class AvatarSupervisor:
             self._avatar = session
             if self._on_new_avatar is not None:
                 self._on_new_avatar(session)
-            answered_at = await self._bring_up(session, first=first)
+            answered_at, gone = await self._bring_up(session, first=first)
         except asyncio.CancelledError:
             raise
         except Exception as error:
@@ -368,10 +368,11 @@ class AvatarSupervisor:
                 "join_after_answer": round(now - answered_at, 3),
             },
         )
-        if identity not in self._room.remote_participants:
-            # It showed its video and left before this ran (a busy loop makes that window wide):
-            # the provider did start it, so it is lost and recovered as any avatar that drops out.
-            self._avatar_lost("left right after showing its video")
+        if gone is not None:
+            # It showed its video and went before this ran (a busy loop or a late answer makes
+            # that window wide): the provider did start it, so it is lost and recovered as any
+            # avatar that drops out.
+            self._avatar_lost(f"{gone}, as it joined")
         return True
 
     def _new_session(self, identity: str) -> ProviderAvatarSession:
@@ -379,9 +380,12 @@ class AvatarSupervisor:
         self._reaper.add(session)  # from now on, the job's end ends it, whatever else happens
         return session
 
-    async def _bring_up(self, session: ProviderAvatarSession, *, first: bool) -> float:
+    async def _bring_up(
+        self, session: ProviderAvatarSession, *, first: bool
+    ) -> tuple[float, str | None]:
         """Start `session` at the provider and wait for its avatar's video in the room; returns
-        the timeline's time the provider answered."""
+        the timeline's time the provider answered, and why the avatar went again if it did
+        (AvatarArrival) before this returned."""
         identity = session.identity
         deadline = asyncio.get_running_loop().time() + self._options.start_timeout
         token = self.guard.mint(identity)
@@ -398,17 +402,17 @@ class AvatarSupervisor:
         )
         if first:
             self._timeline.mark("provider_call_sent")
-        # The HTTP layer ends the call at the deadline with a typed error; this only backs it up.
-        async with asyncio.timeout_at(deadline + 1.0):
-            await session.start(request)
-        if self._on_avatar is not None:
-            self._on_avatar(self._provider.name, identity, session.session_id)
-        answered_at = self._timeline.now()
-        if first:
-            self._timeline.mark("provider_answered")
-        await self._connected()
-        await self._wait_for_video(identity)
-        return answered_at
+        with AvatarArrival(self._room, provider=self._provider.name, identity=identity) as arrival:
+            # The HTTP layer ends the call at the deadline with a typed error; this backs it up.
+            async with asyncio.timeout_at(deadline + 1.0):
+                await session.start(request)
+            if self._on_avatar is not None:
+                self._on_avatar(self._provider.name, identity, session.session_id)
+            answered_at = self._timeline.now()
+            if first:
+                self._timeline.mark("provider_answered")
+            await self._connected()
+            return answered_at, await arrival.video(self._options.join_timeout)
 
     # -- renewal before a session's length cap ------------------------------------------------
 
@@ -434,9 +438,9 @@ class AvatarSupervisor:
         try:
             session = self._new_session(identity)
             self._renewal = session
-            await self._bring_up(session, first=False)
-            if self._renewal_lost is not None or identity not in self._room.remote_participants:
-                raise RuntimeError(self._renewal_lost or "left right after joining")
+            _, gone = await self._bring_up(session, first=False)
+            if self._renewal_lost is not None or gone is not None:
+                raise RuntimeError(self._renewal_lost or f"{gone}, as it joined")
         except asyncio.CancelledError:
             raise
         except Exception as error:
@@ -533,17 +537,6 @@ class AvatarSupervisor:
         if self._renewal_lost is None:
             self._renewal_lost = reason
             self._state_changed.set()  # wakes `_until_switched`
-
-    async def _wait_for_video(self, identity: str) -> None:
-        limit = self._options.join_timeout
-        try:
-            async with asyncio.timeout(limit):
-                await utils.wait_for_participant(self._room, identity=identity)
-                await utils.wait_for_track_publication(
-                    self._room, identity=identity, kind=rtc.TrackKind.KIND_VIDEO
-                )
-        except TimeoutError:
-            raise AvatarJoinTimeoutError(self._provider.name, identity, limit) from None
 
     def _give_up(
         self,

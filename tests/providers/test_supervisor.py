@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 from livekit import api, rtc
-from livekit.agents import AgentSession
+from livekit.agents import AgentSession, utils
 
 from providers.lifecycle import AvatarLifecycleMetrics, JobTimeline
 from providers.registry import livekit_credentials, provider_setup
@@ -32,10 +32,12 @@ from tests.support.emulators import (
     ProcessThenFail,
     StatusFault,
     SucceedSlow,
+    SucceedWhenReleased,
 )
 from tests.support.livekit_server import LiveKitServer, connect_participant, server_api
 from tests.support.supervisor_harness import (
     AGENT,
+    KEY,
     Harness,
     connected,
     gone,
@@ -231,6 +233,88 @@ async def test_an_avatar_that_stops_its_video_is_removed_and_replaced(
     # Anam has no stop: removing the old avatar is what ended its session
     await until(lambda: not emulator.sessions[0].active, emulator)
     assert route(supervisor) == "avatar"
+
+
+# The create's reply is held while the avatar joins (and leaves): the call's own timeouts must
+# outlast that, the join timeout stays the harness's 10 s.
+HELD_REPLY_TIMEOUTS = {"AVATAR_REQUEST_TIMEOUT": "20", "AVATAR_START_TIMEOUT": "25"}
+
+
+async def test_an_avatar_that_came_and_went_before_the_answer_is_replaced_not_waited_for(
+    harness: Harness, lemonslice: tuple[LemonSliceEmulator, LocalAvatarLauncher]
+) -> None:
+    """The provider answers only after its avatar joined, showed its video and was removed: a late
+    answer, or a job loop busy while all that happened. The video came and went, so there is
+    nothing to wait for: the avatar is lost and replaced, as one that drops out mid-call."""
+    emulator, _ = lemonslice
+    released = asyncio.Event()
+    emulator.inject("create", SucceedWhenReleased(released))
+    shown = asyncio.Event()
+
+    def on_published(
+        publication: rtc.RemoteTrackPublication, participant: rtc.RemoteParticipant
+    ) -> None:
+        if (
+            participant.identity == "lemonslice-avatar-agent"
+            and publication.kind == rtc.TrackKind.KIND_VIDEO
+        ):
+            shown.set()
+
+    harness.room.on("track_published", on_published)
+    supervisor = harness.start(harness.settings("lemonslice", emulator, **HELD_REPLY_TIMEOUTS))
+    await asyncio.wait_for(shown.wait(), 20)
+    async with server_api(harness.server) as lk:
+        await lk.room.remove_participant(
+            api.RoomParticipantIdentity(room=harness.room.name, identity="lemonslice-avatar-agent")
+        )
+    await gone(harness.room, "lemonslice-avatar-agent")
+    released.set()
+
+    # well within the 10 s join timeout the old wait sat out before failing for good
+    await harness.log.wait_for("recovered", timeout=8)
+    assert harness.log.named("failed") == []
+    [left] = harness.log.named("left")
+    # the server unpublishes a removed participant's tracks, then removes it: either is its going
+    assert left.reason in (
+        "stopped its video, as it joined",
+        "left the room (PARTICIPANT_REMOVED), as it joined",
+    )
+    assert route(supervisor) == "avatar"
+    assert "lemonslice-avatar-agent-1" in harness.room.remote_participants
+    assert [s.active for s in emulator.sessions] == [False, True]
+
+
+async def test_an_avatar_that_went_before_any_video_fails_its_start_at_once(
+    harness: Harness,
+) -> None:
+    """The provider's avatar joins and leaves without publishing video (it crashed as it booted):
+    the start fails then, and the agent speaks in its own voice, without waiting out the join
+    timeout."""
+    released = asyncio.Event()
+    async with LemonSliceEmulator(api_key=KEY) as emulator:
+        emulator.inject("create", SucceedWhenReleased(released))
+        supervisor = harness.start(harness.settings("lemonslice", emulator, **HELD_REPLY_TIMEOUTS))
+        await until(lambda: bool(emulator.sessions), emulator)
+        # the avatar's participant, as the provider's booting avatar would join with its identity
+        avatar = await connect_participant(
+            harness.server, harness.room.name, "lemonslice-avatar-agent", kind="agent"
+        )
+        await asyncio.wait_for(
+            utils.wait_for_participant(harness.room, identity="lemonslice-avatar-agent"), 10
+        )
+        await avatar.disconnect()
+        await gone(harness.room, "lemonslice-avatar-agent")
+        released.set()
+
+        await harness.log.wait_for("failed", timeout=5)
+        [failed] = harness.log.named("failed")
+        assert failed.reason == (
+            "AvatarLeftBeforeVideoError: lemonslice avatar 'lemonslice-avatar-agent' "
+            "left the room (CLIENT_INITIATED) before publishing video"
+        )
+        assert route(supervisor) == "own_voice"
+        await supervisor.aclose()
+        assert emulator.active_sessions == ()
 
 
 async def test_restarts_stop_at_the_configured_number(

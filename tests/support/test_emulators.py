@@ -32,6 +32,7 @@ from tests.support.emulators import (
     ProcessThenFail,
     StatusFault,
     SucceedSlow,
+    SucceedWhenReleased,
 )
 from tests.support.emulators.anam import concurrent_session_limit, rate_limited, spend_cap_reached
 from tests.support.faces import jpeg_face, png_face
@@ -882,6 +883,42 @@ async def test_succeed_slow_bills_a_session_the_client_never_hears_about(
         await anam.wait_until(lambda: len(anam.sessions) == 1)
     assert len(anam.active_sessions) == 1  # an orphan the client must not duplicate blindly
     assert anam.requests_for("engine_session")[0].status is None
+
+
+async def test_a_held_reply_launches_the_avatar_and_answers_when_released(
+    http: aiohttp.ClientSession,
+) -> None:
+    launcher = Launcher()
+    launcher.gate.set()
+    released = asyncio.Event()
+    async with LemonSliceEmulator(LS_KEY, avatar_launcher=launcher) as emulator:
+        emulator.inject("create", SucceedWhenReleased(released))
+        create = asyncio.ensure_future(ls_create(http, emulator, ls_body()))
+        async with asyncio.timeout(BOUND):
+            await emulator.wait_until(lambda: bool(launcher.avatars))
+        # the avatar is up while its create is still unanswered
+        assert not create.done() and emulator.requests_for("create")[0].status is None
+
+        released.set()
+        async with asyncio.timeout(BOUND):
+            status, created = await create
+        assert status == 201
+        assert [s.session_id for s in emulator.sessions] == [created["session_id"]]
+
+
+async def test_a_held_reply_is_dropped_when_the_emulator_closes(
+    http: aiohttp.ClientSession,
+) -> None:
+    emulator = LemonSliceEmulator(LS_KEY)
+    await emulator.start()
+    emulator.inject("create", SucceedWhenReleased(asyncio.Event()))
+    pending = asyncio.ensure_future(ls_create(http, emulator, ls_body()))
+    async with asyncio.timeout(BOUND):
+        await emulator.wait_until(lambda: len(emulator.sessions) == 1)
+        await emulator.aclose()
+    with pytest.raises(aiohttp.ServerDisconnectedError):
+        await asyncio.wait_for(pending, BOUND)
+    assert emulator.requests[0].dropped == "emulator closed before the held reply"
 
 
 async def test_a_lost_reply_bills_a_session_and_drops_the_connection(

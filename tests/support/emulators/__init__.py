@@ -12,6 +12,7 @@ from ._faults import (
     ProcessThenFail,
     StatusFault,
     SucceedSlow,
+    SucceedWhenReleased,
 )
 from ._records import RecordedRequest
 from ._server import EmulatorServer
@@ -40,4 +41,5 @@ __all__ = [
     "SessionStatus",
     "StatusFault",
     "SucceedSlow",
+    "SucceedWhenReleased",
 ]

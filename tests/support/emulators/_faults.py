@@ -6,6 +6,7 @@ A test scripts faults per route; each request to that route consumes the next fa
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -85,6 +86,15 @@ class SucceedSlow:
 
 
 @dataclass(frozen=True)
+class SucceedWhenReleased:
+    """Process normally (a create makes a real session and launches its avatar), then hold the
+    reply until the test sets `released` (an event of the test's loop): an answer that comes
+    after the avatar has already joined, or come and gone."""
+
+    released: asyncio.Event
+
+
+@dataclass(frozen=True)
 class LoseReply:
     """Process normally (a create makes a real, billed session), then close the connection
     without answering: the reply is lost on the way back."""
@@ -122,6 +132,7 @@ Fault = (
     | MalformedJson
     | MissingSuccessField
     | SucceedSlow
+    | SucceedWhenReleased
     | LoseReply
 )
 

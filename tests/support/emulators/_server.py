@@ -34,6 +34,7 @@ from ._faults import (
     ProcessThenFail,
     StatusFault,
     SucceedSlow,
+    SucceedWhenReleased,
 )
 from ._records import RecordedRequest
 from ._sessions import (
@@ -373,6 +374,8 @@ class EmulatorServer(ABC):
             return self._answer(record, Reply(reply.status, body, reply.headers))
         if isinstance(fault, SucceedSlow) and not await self._pause(fault.seconds):
             return self._drop(request, record, "emulator closed before the slow reply")
+        if isinstance(fault, SucceedWhenReleased) and not await self._until_released(fault):
+            return self._drop(request, record, "emulator closed before the held reply")
         if isinstance(fault, LoseReply):
             return self._drop(request, record, "reply lost by fault")
         return self._answer(record, reply)
@@ -412,6 +415,17 @@ class EmulatorServer(ABC):
         except TimeoutError:
             return True
         return False
+
+    async def _until_released(self, fault: SucceedWhenReleased) -> bool:
+        """Wait for the test's release. False if the emulator started closing first."""
+        released = asyncio.ensure_future(fault.released.wait())
+        closing = asyncio.ensure_future(self._closing.wait())
+        try:
+            await asyncio.wait({released, closing}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            released.cancel()
+            closing.cancel()
+        return fault.released.is_set()
 
     def _answer(self, record: RecordedRequest, reply: Reply) -> web.Response:
         response = web.json_response(reply.body, status=reply.status, headers=reply.headers)
