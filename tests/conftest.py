@@ -8,6 +8,7 @@ pytest_plugins = [
     "tests.support.livekit_server",
     "tests.support.livekit_cluster",
     "tests.support.browser",
+    "tests.support.failure_logs",
 ]
 
 
