@@ -14,6 +14,7 @@ from typing import Any
 
 import psutil
 
+from tests.support.failure_logs import register as register_log
 from tests.support.livekit_server import LiveKitServer
 
 AGENT_SCRIPT = Path(__file__).resolve().parents[2] / "agent.py"
@@ -109,6 +110,7 @@ class WorkerProcess:
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,
         )
+        register_log(self._cwd / f"worker-{self.pid}.log")
         self._reader = asyncio.create_task(self._read_output())
 
     async def _read_output(self) -> None:
