@@ -49,6 +49,7 @@ class AvatarGuard:
         # the identities whose join we wait for or have: one, or two while the avatar is renewed
         self._expected: frozenset[str] = frozenset()
         self._seen: set[str] = set()  # identities that have been in the room
+        self._joined_at: dict[str, float] = {}  # the timeline's time each was last seen joining
         self._removing: set[str] = set()
         self._removed: dict[str, asyncio.Event] = {}  # set once that identity was removed
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -102,6 +103,7 @@ class AvatarGuard:
 
     def _on_participant_connected(self, participant: rtc.RemoteParticipant) -> None:
         self._seen.add(participant.identity)
+        self._joined_at[participant.identity] = self._timeline.now()
         self._check(participant)
 
     def _on_attributes_changed(self, changed: object, participant: rtc.Participant) -> None:
@@ -114,6 +116,7 @@ class AvatarGuard:
     def remove_strays(self) -> None:
         for participant in list(self._room.remote_participants.values()):
             self._seen.add(participant.identity)
+            self._joined_at.setdefault(participant.identity, self._timeline.now())
             self._check(participant)
 
     def _ours(self, participant: rtc.RemoteParticipant) -> bool:
@@ -137,6 +140,7 @@ class AvatarGuard:
                     reason=f"{identity} joined after its session was given up",
                     identity=identity,
                     cause="stray",
+                    timings=self.time_in_room(identity),
                 )
         finally:
             self._removing.discard(identity)
@@ -164,6 +168,14 @@ class AvatarGuard:
             return False
         self._removed_event(identity).set()
         return True
+
+    def time_in_room(self, identity: str) -> dict[str, float]:
+        """For a removal's record: how long `identity` was in the room, from the moment the room
+        told the agent it joined (empty if it never did)."""
+        joined_at = self._joined_at.get(identity)
+        if joined_at is None:
+            return {}
+        return {"in_room": round(self._timeline.now() - joined_at, 3)}
 
     async def wait_for_arrivals(self, identities: Iterable[str], limit: float) -> None:
         """Wait (at most `limit`) for each of `identities` that has not been in the room yet to

@@ -91,4 +91,5 @@ class SessionReaper:
                 reason=f"{session.identity} removed as its session ended",
                 identity=session.identity,
                 cause="stray" if session in self._given_up else "ended",
+                timings=self._guard.time_in_room(session.identity),
             )

@@ -158,6 +158,8 @@ async def test_an_avatar_that_joins_after_the_join_timeout_is_removed(
     assert "did not join" in (harness.log.named("failed")[0].reason or "")
     assert route(supervisor) == "own_voice"
     await harness.log.wait_for("removed")
+    # how long it was in the room, from the moment the room told the agent it joined
+    assert 0 <= harness.log.named("removed")[0].timings["in_room"] <= 10
     await until(lambda: emulator.active_sessions == (), emulator)
     await gone(harness.room, "anam-avatar-agent")
 
