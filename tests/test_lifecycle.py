@@ -36,6 +36,7 @@ from tests.support.emulators import (
     RecordedRequest,
     StatusFault,
     SucceedSlow,
+    SucceedWhenReleased,
 )
 from tests.support.emulators.anam import concurrent_session_limit
 from tests.support.livekit_server import LiveKitServer, server_api
@@ -211,8 +212,9 @@ class Call:
         to 15 s ICE each (seen on a loaded CI machine: "wait_pc_connection timed out, retrying")."""
         await self.until_sessions_ended(timeout=3 * 15 + 15)
 
-    async def end_by_leaving(self) -> float:
-        """The user leaves; returns when the job learned it (the job's end), on this clock."""
+    async def end_by_leaving(self, noticed_then: Callable[[], None] | None = None) -> float:
+        """The user leaves; returns when the job learned it (the job's end), on this clock.
+        `noticed_then` runs once the job has learned it, before its end is waited for."""
         await self.ears.aclose()
         await self.user.leave()
         room = self.room
@@ -223,6 +225,8 @@ class Call:
             ),
             timeout=30,
         )
+        if noticed_then is not None:
+            noticed_then()
         await self.event("ended", timeout=30)
         return wall_to_monotonic(noticed)
 
@@ -505,17 +509,18 @@ async def test_the_user_leaving_during_the_provider_start_ends_that_session_at_o
     call: Call,
 ) -> None:
     """The session exists at the provider before its id reaches us: it is ended as soon as the
-    reply to the create arrives, which the job waits for. (A departure reaches the job about 2.5 s
-    after the user's client left, on this livekit-server: the create is slower than that.)"""
-    call.emulator.inject(call.deployment.create_route, SucceedSlow(seconds=4.0))
+    reply to the create arrives, which the job waits for. The reply is held until the job has
+    learned the user left (a fixed 4 s hold ran out first on a loaded machine)."""
+    released = asyncio.Event()
+    call.emulator.inject(call.deployment.create_route, SucceedWhenReleased(released))
     await call.dispatch()
     await call.agent()
-    left = await call.end_by_leaving()
+    left = await call.end_by_leaving(noticed_then=released.set)
     create = call.creates()[0]
     assert create.finished_at is not None and create.finished_at > left, "was it in flight?"
     took = await call.assert_clean_end(left, not_before=create.finished_at)
     call.row = {
-        "row": "user leaves while the start is in flight (4 s create)",
+        "row": "user leaves while the start is in flight (create answered after the job's end)",
         "job end -> session end": f"{seconds(took)} after the create's reply "
         f"({seconds(took + create.finished_at - left)} after the job's end)",
     }
