@@ -351,9 +351,12 @@ class AvatarSupervisor:
             return False
         self._enter(AvatarState.LIVE)
         self._plan_renewal(begun)
-        self.router.to_avatar(
-            avatar_output(self._room, identity, sample_rate=session.sample_rate), identity
-        )
+        if gone is None:
+            # (An avatar already gone gets no speech: the data stream to it would wait for its
+            # return until the room closes.)
+            self.router.to_avatar(
+                avatar_output(self._room, identity, sample_rate=session.sample_rate), identity
+            )
         if first:
             self._timeline.mark("avatar_joined")
         now = self._timeline.now()

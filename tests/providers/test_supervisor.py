@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -242,12 +243,51 @@ async def test_an_avatar_that_stops_its_video_is_removed_and_replaced(
 HELD_REPLY_TIMEOUTS = {"AVATAR_REQUEST_TIMEOUT": "20", "AVATAR_START_TIMEOUT": "25"}
 
 
+class _SpeechWaits(logging.Handler):
+    """The identities livekit-agents' data stream output began to wait for (its debug log): an
+    avatar speech was routed to."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.identities: list[str] = []
+        self._added = asyncio.Event()
+        self._logger = logging.getLogger("livekit.agents")
+        self._level = self._logger.level
+        self._logger.setLevel(logging.DEBUG)
+        self._logger.addHandler(self)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage() == "waiting for the remote participant":
+            self.identities.append(str(getattr(record, "identity", "")))
+            self._added.set()
+
+    async def for_identity(self, identity: str) -> None:
+        while identity not in self.identities:
+            self._added.clear()
+            await self._added.wait()
+
+    def close(self) -> None:
+        self._logger.removeHandler(self)
+        self._logger.setLevel(self._level)
+        super().close()
+
+
+@pytest.fixture
+def speech_waits() -> Iterator[_SpeechWaits]:
+    waits = _SpeechWaits()
+    yield waits
+    waits.close()
+
+
 async def test_an_avatar_that_came_and_went_before_the_answer_is_replaced_not_waited_for(
-    harness: Harness, lemonslice: tuple[LemonSliceEmulator, LocalAvatarLauncher]
+    harness: Harness,
+    lemonslice: tuple[LemonSliceEmulator, LocalAvatarLauncher],
+    speech_waits: _SpeechWaits,
 ) -> None:
     """The provider answers only after its avatar joined, showed its video and was removed: a late
     answer, or a job loop busy while all that happened. The video came and went, so there is
-    nothing to wait for: the avatar is lost and replaced, as one that drops out mid-call."""
+    nothing to wait for: the avatar is lost and replaced, as one that drops out mid-call. No speech
+    is routed to the one that went (its data stream would wait for it until the room closed)."""
     emulator, _ = lemonslice
     released = asyncio.Event()
     emulator.inject("create", SucceedWhenReleased(released))
@@ -284,6 +324,8 @@ async def test_an_avatar_that_came_and_went_before_the_answer_is_replaced_not_wa
     assert route(supervisor) == "avatar"
     assert "lemonslice-avatar-agent-1" in harness.room.remote_participants
     assert [s.active for s in emulator.sessions] == [False, True]
+    await asyncio.wait_for(speech_waits.for_identity("lemonslice-avatar-agent-1"), 10)
+    assert "lemonslice-avatar-agent" not in speech_waits.identities
 
 
 async def test_an_avatar_that_went_before_any_video_fails_its_start_at_once(
