@@ -133,6 +133,10 @@ class Settings(BaseModel):
     # The greeting starts at once in the agent's own voice; the avatar takes over at a sentence's
     # end when its video is up (docs/first-word.md). False: speech waits for the avatar's video.
     avatar_speak_before_video: bool = True
+    # With it, the avatar takes over within an utterance only at a sentence's end this many seconds
+    # after its video is up (0: the next one): a newly joined avatar's first words reach the user
+    # later (docs/first-word.md, "The avatar's first seconds").
+    avatar_handover_settle: float = Field(default=0.0, ge=0, le=60)
     agent_name: str = Field(default="avatar-agent", min_length=1, max_length=128)
     # The worker's health/HTTP port in `start` mode (0 = any free port).
     agent_http_port: int = Field(default=8081, ge=0, le=65535)

@@ -114,19 +114,19 @@ async def run_provider(
     ):
         arms: list[Arm] = []
         flows: Sequence[str | None] = args.anam_flows if provider == "anam" else [None]
-        for flow in flows:
+        for flow, settle in itertools.product(flows, args.handover_settle):
             extra = {"ANAM_SESSION_FLOW": flow} if flow else {}
+            if settle:
+                extra["AVATAR_HANDOVER_SETTLE"] = f"{settle:g}"
             name, worker = our_worker(
                 server, provider, emulation.settings(), conditions, workdir, extra=extra
             )
-            arms.append(
-                Arm(
-                    f"ours ({flow})" if flow else "ours",
-                    "ours",
-                    _dispatcher(server, worker, name, emulation),
-                    worker,
-                )
+            label = (
+                "ours"
+                + (f" ({flow})" if flow else "")
+                + (f", settle {settle:g} s" if settle else "")
             )
+            arms.append(Arm(label, "ours", _dispatcher(server, worker, name, emulation), worker))
         if args.today:
             flow = flows[0]
             extra = {**SPEECH_HELD, **({"ANAM_SESSION_FLOW": flow} if flow else {})}
@@ -448,6 +448,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         type=_floats,
         default=[0.0, 0.8],
         help="voice time to first audio, seconds; a comma list runs each (default 0,0.8)",
+    )
+    parser.add_argument(
+        "--handover-settle",
+        type=_floats,
+        default=[0.0],
+        help="our worker's AVATAR_HANDOVER_SETTLE values, an arm each (default 0)",
     )
     parser.add_argument(
         "--anam-flows",

@@ -61,6 +61,7 @@ def avatar_options(
         join_timeout=settings.avatar_join_timeout,
         max_restarts=settings.avatar_max_restarts,
         speak_before_video=settings.avatar_speak_before_video,
+        handover_settle=settings.avatar_handover_settle,
         session_length_cap=session_length_cap,
     )
 

@@ -52,6 +52,8 @@ class AvatarOptions:
     # The agent speaks in its own voice from the start; the avatar takes over at a sentence's end
     # once its video is up (docs/first-word.md). False: speech waits for the avatar's video.
     speak_before_video: bool = True
+    # Seconds the avatar's video must have been up before it takes over within an utterance.
+    handover_settle: float = 0.0
     # How long the provider lets one session live (None: no known cap). The avatar is renewed
     # `renew_after` seconds after its session's start began (docs/lifecycle.md).
     session_length_cap: float | None = None

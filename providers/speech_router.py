@@ -14,6 +14,8 @@ things the plain data-stream output cannot do:
   takes over within the utterance, at its next pause of that length (a sentence's end): the own
   voice plays up to the pause, the avatar goes on from just before the next word once the own voice
   has played out. No word is cut or repeated, and the two voices never overlap (docs/first-word.md).
+  With `handover_settle`, only at a pause that long after the avatar was ready: a newly joined
+  avatar's audio reaches the user later for its first seconds.
 
 A sink (the avatar's `DataStreamAudioOutput`, the agent's `OwnVoice`) plays one utterance at a time,
 in order. Without `handover_pause`, a new avatar takes over from the agent's own voice between
@@ -326,6 +328,7 @@ class SpeechRouter(AudioOutput):
         on_unconfirmed: Callable[[SinkKind, float], None] | None = None,
         on_first_audio: Callable[[SinkKind], None] | None = None,
         handover_pause: float | None = None,
+        handover_settle: float = 0.0,
         unpublish_wait: float = 0.25,
     ) -> None:
         super().__init__(
@@ -343,6 +346,7 @@ class SpeechRouter(AudioOutput):
         self._on_unconfirmed = on_unconfirmed
         self._on_first_audio = on_first_audio
         self._handover_pause = handover_pause
+        self._handover_settle = handover_settle
         # at a handover, the own track stays up until the avatar's output says it plays (the
         # data stream says so as it sends the first frame), at most this long after it was sent
         self._unpublish_wait = unpublish_wait
@@ -350,6 +354,7 @@ class SpeechRouter(AudioOutput):
         self._current: _Sink | None = None  # None: hold speech until a sink is chosen
         self._sink_changed = asyncio.Event()
         self._next_avatar: _Sink | None = None  # takes over at the next utterance
+        self._next_avatar_since = 0.0  # time.monotonic() it was given
         self._own_voice: OwnVoiceOutput | None = None
         self._utterances: deque[_Utterance] = deque()
         self._capturing: _Utterance | None = None
@@ -390,6 +395,7 @@ class SpeechRouter(AudioOutput):
         if self._next_avatar is not None:
             self._next_avatar.detach()
         self._next_avatar = sink
+        self._next_avatar_since = time.monotonic()
         if (
             self._sink is None
             or not self._playing_on(self._sink)
@@ -696,7 +702,8 @@ class SpeechRouter(AudioOutput):
 
     def _handover_point(self, utterance: _Utterance, sink: _Sink) -> int | None:
         """Where an avatar waiting to take over from the own voice goes on in this utterance, if
-        it can now: at its start (nothing of it played yet), or in (or just after) a long enough pause."""
+        it can now: at its start (nothing of it played yet), or in (or just after) a long enough
+        pause once the avatar has been ready `handover_settle` seconds."""
         if (
             self._handover_pause is None
             or self._next_avatar is None
@@ -707,6 +714,8 @@ class SpeechRouter(AudioOutput):
             return None
         if utterance.sent == utterance.first_index:
             return utterance.sent
+        if time.monotonic() - self._next_avatar_since < self._handover_settle:
+            return None
         return utterance.pause_at(
             utterance.sent, at_least=self._handover_pause, floor=utterance.first_index
         )

@@ -147,6 +147,7 @@ class AvatarSupervisor:
             on_unconfirmed=self._on_unconfirmed,
             on_first_audio=self._on_first_audio,
             handover_pause=HANDOVER_PAUSE if self._options.speak_before_video else None,
+            handover_settle=self._options.handover_settle,
         )
         self.guard = AvatarGuard(
             room,

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from config import ConfigError, Settings, load_settings
+from providers.registry import avatar_options
 from tests.support.faces import jpeg_face, png_face
 
 LIVEKIT = {
@@ -57,6 +58,15 @@ def test_defaults_match_the_documented_ones(monkeypatch: pytest.MonkeyPatch) -> 
     assert settings.lemonslice_api_url == "https://lemonslice.com/api/liveai/sessions"
     assert settings.token_ttl.total_seconds() == 600
     assert settings.avatar_join_timeout == 30
+
+
+def test_the_handover_settle_time_reaches_the_avatars_options(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    configure(monkeypatch)
+    assert avatar_options(load_settings(), "avatar").handover_settle == 0.0  # the next pause
+    configure(monkeypatch, AVATAR_HANDOVER_SETTLE="2.5")
+    assert avatar_options(load_settings(), "avatar").handover_settle == 2.5
 
 
 def test_both_keys_without_a_choice_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -138,6 +148,8 @@ def test_every_problem_is_named_in_one_error(monkeypatch: pytest.MonkeyPatch) ->
         ("ANAM_MAX_SESSION_LENGTH_SECONDS", "0", "ANAM_MAX_SESSION_LENGTH_SECONDS"),
         ("LEMONSLICE_MAX_SESSION_LENGTH_SECONDS", "1.5", "LEMONSLICE_MAX_SESSION_LENGTH_SECONDS"),
         ("AVATAR_NAME", "A" * 257, "AVATAR_NAME"),
+        ("AVATAR_HANDOVER_SETTLE", "-0.5", "AVATAR_HANDOVER_SETTLE"),
+        ("AVATAR_HANDOVER_SETTLE", "soon", "AVATAR_HANDOVER_SETTLE"),
     ],
 )
 def test_an_invalid_value_is_named(

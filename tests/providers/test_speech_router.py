@@ -117,6 +117,7 @@ class Harness:
         late_confirmation: float = 5.0,
         capture_timeout: float = 10.0,
         handover_pause: float | None = None,
+        handover_settle: float = 0.0,
         unpublish_wait: float = 0.25,
         own_voice_on_failure: bool = False,
     ) -> None:
@@ -143,6 +144,7 @@ class Harness:
             on_unconfirmed=lambda kind, _: self.unconfirmed.append(kind),
             on_first_audio=self.first_audio.append,
             handover_pause=handover_pause,
+            handover_settle=handover_settle,
             unpublish_wait=unpublish_wait,
         )
 
@@ -561,6 +563,38 @@ async def test_an_avatar_up_when_the_own_voice_is_well_into_a_pause_takes_over_i
     await harness.until(lambda: avatar.flushes == 1)
     lead, rest = without_leading_silence(levels_of(avatar.segments[0]))
     assert rest == SECOND
+    assert 0 < lead <= 3
+    assert router.route == "avatar"
+
+
+async def test_with_a_settle_time_a_new_avatar_passes_the_pauses_before_it_is_over() -> None:
+    """AVATAR_HANDOVER_SETTLE: an avatar ready just as a sentence ends lets the own voice go on
+    through that pause, and takes over at the first one after its settle time."""
+    settle = 1.5
+    harness = Harness(handover_pause=HANDOVER_PAUSE, handover_settle=settle)
+    router = harness.router
+    router.to_own_voice()
+    before = FIRST + PAUSE
+    for level in before:
+        await router.capture_frame(frame(level))
+    own = harness.own_voices[0].output
+    await harness.until(lambda: len(own.segments) == 1 and len(own.segments[0]) == len(before))
+
+    avatar = harness.sink()
+    ready_at = time.monotonic()
+    router.to_avatar(avatar, "avatar-1")  # just after a sentence's end: it would take over here
+    longer = SECOND * 4  # 2 s of speech: the settle time ends in it
+    for level in longer + PAUSE + FIRST:
+        await router.capture_frame(frame(level))
+    router.flush()
+    await harness.until(lambda: own.flushes == 1)
+    assert time.monotonic() - ready_at >= settle
+    assert levels_of(own.segments[0]) == before + longer  # on through the first pause
+
+    own.finish((len(before) + len(longer)) * FRAME_S)
+    await harness.until(lambda: avatar.flushes == 1)
+    lead, rest = without_leading_silence(levels_of(avatar.segments[0]))
+    assert rest == FIRST
     assert 0 < lead <= 3
     assert router.route == "avatar"
 
